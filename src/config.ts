@@ -1,0 +1,207 @@
+import { randomBytes } from "node:crypto";
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { type Static, Type as T } from "@sinclair/typebox";
+import { Value } from "@sinclair/typebox/value";
+import { parse as parseDotenv } from "dotenv";
+import pkg from "../package.json" with { type: "json" };
+
+export const VERSION: string = pkg.version;
+
+/** Thrown for any bad setting; the CLI prints `message` alone and exits 2. */
+export class ConfigError extends Error {}
+
+const rate = T.String({ pattern: "^[0-9]+/(second|minute|hour)$", description: "N/second|minute|hour" });
+
+/** Every setting of the contract, as it arrives in the environment. */
+const EnvSchema = T.Object({
+  REVIEWPOINT_DB_URL: T.Optional(T.String({ pattern: "^postgres(ql)?(\\+[a-z0-9]+)?://" })),
+  DATABASE_URL: T.Optional(T.String({ pattern: "^postgres(ql)?(\\+[a-z0-9]+)?://" })),
+  SECRET_KEY: T.Optional(T.String({ minLength: 1 })),
+  ALGORITHM: T.Union([T.Literal("HS256"), T.Literal("HS384"), T.Literal("HS512")], { default: "HS256" }),
+  ACCESS_TOKEN_EXPIRE_MINUTES: T.Integer({ minimum: 1, maximum: 10080, default: 60 }),
+  REFRESH_TOKEN_EXPIRE_DAYS: T.Integer({ minimum: 1, maximum: 365, default: 7 }),
+  PASSWORD_RESET_EXPIRE_MINUTES: T.Integer({ minimum: 1, maximum: 10080, default: 60 }),
+  DEBUG: T.Boolean({ default: false }),
+  ENVIRONMENT: T.Union([T.Literal("development"), T.Literal("test"), T.Literal("production")], {
+    default: "development",
+  }),
+  ALLOWED_ORIGINS: T.String({ default: "http://localhost:3000,http://localhost:5173" }),
+  MAX_UPLOAD_SIZE: T.Integer({ minimum: 1, default: 10 * 1024 * 1024 }),
+  UPLOAD_DIR: T.Optional(T.String({ minLength: 1 })),
+  ALLOWED_FILE_TYPES: T.String({
+    pattern: "^[a-z0-9.+-]+/[a-z0-9.+-]+(,\\s*[a-z0-9.+-]+/[a-z0-9.+-]+)*$",
+    default: "image/jpeg,image/png,application/pdf,text/plain",
+  }),
+  REDIS_URL: T.Optional(T.String({ pattern: "^rediss?://" })),
+  CACHE_TTL: T.Integer({ minimum: 1, default: 300 }),
+  LOG_LEVEL: T.Union(
+    [T.Literal("debug"), T.Literal("info"), T.Literal("warn"), T.Literal("error"), T.Literal("silent")],
+    { default: "info" },
+  ),
+  LOG_FORMAT: T.Union([T.Literal("json"), T.Literal("pretty")], { default: "json" }),
+  PORT: T.Integer({ minimum: 0, maximum: 65535, default: 8000 }),
+  HOST: T.String({ minLength: 1, default: "0.0.0.0" }),
+  DATA_DIR: T.String({ minLength: 1, default: "./data" }),
+  SMTP_URL: T.Optional(T.String({ pattern: "^smtps?://" })),
+  MAIL_FROM: T.String({ minLength: 3, default: "ReViewPoint <no-reply@reviewpoint.local>" }),
+  PASSWORD_RESET_URL: T.String({ pattern: "^https?://", default: "http://localhost:5173/reset-password" }),
+  BCRYPT_ROUNDS: T.Integer({ minimum: 4, maximum: 31, default: 12 }),
+  RATE_LIMIT_ENABLED: T.Boolean({ default: true }),
+  RATE_LIMIT_LOGIN: T.String({ ...rate, default: "5/minute" }),
+  RATE_LIMIT_LOGIN_IP: T.String({ ...rate, default: "20/minute" }),
+  RATE_LIMIT_REGISTER: T.String({ ...rate, default: "5/hour" }),
+  RATE_LIMIT_PASSWORD_RESET: T.String({ ...rate, default: "3/hour" }),
+  RATE_LIMIT_DEFAULT: T.String({ ...rate, default: "300/minute" }),
+  TRUST_PROXY: T.Boolean({ default: false }),
+  STORAGE_URL: T.Optional(T.String({ pattern: "^(s3://[^/]+(/.*)?|file://.+)$" })),
+  S3_ENDPOINT: T.Optional(T.String({ pattern: "^https?://" })),
+  S3_REGION: T.Optional(T.String({ minLength: 1 })),
+  S3_ACCESS_KEY_ID: T.Optional(T.String({ minLength: 1 })),
+  S3_SECRET_ACCESS_KEY: T.Optional(T.String({ minLength: 1 })),
+  DB_POOL_MAX: T.Integer({ minimum: 1, maximum: 200, default: 10 }),
+  SHUTDOWN_TIMEOUT_SECONDS: T.Integer({ minimum: 0, maximum: 600, default: 10 }),
+});
+type Env = Static<typeof EnvSchema>;
+
+export interface RateLimit {
+  limit: number;
+  windowMs: number;
+}
+
+export interface Config
+  extends Omit<Env, `RATE_LIMIT_${string}` | "ALLOWED_ORIGINS" | "ALLOWED_FILE_TYPES" | "SECRET_KEY"> {
+  databaseUrl: string | undefined;
+  secretKey: string;
+  allowedOrigins: string[];
+  allowedFileTypes: string[];
+  uploadDir: string;
+  rateLimits: {
+    enabled: boolean;
+    login: RateLimit;
+    loginIp: RateLimit;
+    register: RateLimit;
+    passwordReset: RateLimit;
+    default: RateLimit;
+  };
+}
+
+const WINDOW_MS = { second: 1000, minute: 60_000, hour: 3_600_000 } as const;
+const KNOWN_WEAK_SECRETS = new Set(["secret", "changeme", "change-me", "your-secret-key", "dev", "development"]);
+const MIN_SECRET_LENGTH = 32;
+
+function parseRate(value: string): RateLimit {
+  const [count, unit] = value.split("/") as [string, keyof typeof WINDOW_MS];
+  return { limit: Number(count), windowMs: WINDOW_MS[unit] };
+}
+
+function parseOrigins(value: string): string[] {
+  const trimmed = value.trim();
+  if (trimmed.startsWith("[")) {
+    let list: unknown;
+    try {
+      list = JSON.parse(trimmed);
+    } catch {
+      throw new ConfigError("config: ALLOWED_ORIGINS is not a valid JSON list");
+    }
+    if (!Array.isArray(list) || !list.every((o) => typeof o === "string")) {
+      throw new ConfigError("config: ALLOWED_ORIGINS must be a JSON list of strings");
+    }
+    return list.map((o) => o.trim()).filter(Boolean);
+  }
+  return trimmed
+    .split(",")
+    .map((o) => o.trim())
+    .filter(Boolean);
+}
+
+/** SQLAlchemy-style `postgresql+asyncpg://` is accepted as plain `postgresql://`. */
+function normaliseDbUrl(url: string | undefined): string | undefined {
+  return url?.replace(/^postgres(ql)?\+[a-z0-9]+:\/\//, "postgresql://");
+}
+
+function resolveSecret(env: Env, dataDir: string): string {
+  const given = env.SECRET_KEY;
+  if (env.ENVIRONMENT === "production") {
+    if (!given) throw new ConfigError("config: SECRET_KEY is required in production");
+    if (KNOWN_WEAK_SECRETS.has(given.toLowerCase()) || given.length < MIN_SECRET_LENGTH) {
+      throw new ConfigError(
+        `config: SECRET_KEY must be a non-default secret of at least ${MIN_SECRET_LENGTH} characters in production`,
+      );
+    }
+    return given;
+  }
+  if (given) return given;
+  if (env.ENVIRONMENT === "test") return randomBytes(32).toString("hex");
+  // Development: generate once and keep it, so tokens survive restarts.
+  const file = join(dataDir, "secret_key");
+  if (existsSync(file)) return readFileSync(file, "utf8").trim();
+  mkdirSync(dataDir, { recursive: true });
+  const secret = randomBytes(48).toString("base64url");
+  writeFileSync(file, secret, { mode: 0o600 });
+  chmodSync(file, 0o600);
+  return secret;
+}
+
+function describe(error: { path: string; message: string; value: unknown; schema: { anyOf?: { const?: unknown }[] } }) {
+  const name = error.path.replace(/^\//, "");
+  const secret = /SECRET|PASSWORD|KEY/.test(name);
+  const shown = secret || error.value === undefined ? "" : ` (got ${JSON.stringify(error.value)})`;
+  const choices = error.schema.anyOf?.map((option) => option.const).filter((value) => value !== undefined);
+  const problem = choices?.length ? `must be one of ${choices.join("|")}` : error.message.toLowerCase();
+  return `config: ${name} ${problem}${shown}`;
+}
+
+/** Reads `config/.env` under `cwd`, if present; the process environment wins over it. */
+export function readEnvironment(env: Record<string, string | undefined> = process.env, cwd = process.cwd()) {
+  const file = join(cwd, "config", ".env");
+  const fromFile = existsSync(file) ? parseDotenv(readFileSync(file)) : {};
+  return { ...fromFile, ...env };
+}
+
+/** Validates the raw environment; throws ConfigError with one line naming the bad variable. */
+export function loadConfig(raw: Record<string, string | undefined>): Config {
+  const picked: Record<string, unknown> = {};
+  for (const key of Object.keys(EnvSchema.properties)) {
+    const value = raw[key];
+    if (value !== undefined && value !== "") picked[key] = value;
+  }
+  const converted = Value.Convert(EnvSchema, Value.Default(EnvSchema, picked));
+  const first = Value.Errors(EnvSchema, converted).First();
+  if (first) throw new ConfigError(describe(first));
+  const env = converted as Env;
+
+  const dataDir = resolve(env.DATA_DIR);
+  const {
+    SECRET_KEY: _secret,
+    ALLOWED_ORIGINS,
+    ALLOWED_FILE_TYPES,
+    RATE_LIMIT_ENABLED,
+    RATE_LIMIT_LOGIN,
+    RATE_LIMIT_LOGIN_IP,
+    RATE_LIMIT_REGISTER,
+    RATE_LIMIT_PASSWORD_RESET,
+    RATE_LIMIT_DEFAULT,
+    ...rest
+  } = env;
+  if (env.STORAGE_URL?.startsWith("s3://") && !(env.S3_ACCESS_KEY_ID && env.S3_SECRET_ACCESS_KEY)) {
+    throw new ConfigError("config: STORAGE_URL s3:// needs S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY");
+  }
+  return {
+    ...rest,
+    DATA_DIR: dataDir,
+    databaseUrl: normaliseDbUrl(env.REVIEWPOINT_DB_URL ?? env.DATABASE_URL),
+    secretKey: resolveSecret(env, dataDir),
+    allowedOrigins: parseOrigins(ALLOWED_ORIGINS),
+    allowedFileTypes: ALLOWED_FILE_TYPES.split(",").map((type) => type.trim()),
+    uploadDir: resolve(env.UPLOAD_DIR ?? join(dataDir, "uploads")),
+    rateLimits: {
+      enabled: RATE_LIMIT_ENABLED,
+      login: parseRate(RATE_LIMIT_LOGIN),
+      loginIp: parseRate(RATE_LIMIT_LOGIN_IP),
+      register: parseRate(RATE_LIMIT_REGISTER),
+      passwordReset: parseRate(RATE_LIMIT_PASSWORD_RESET),
+      default: parseRate(RATE_LIMIT_DEFAULT),
+    },
+  };
+}

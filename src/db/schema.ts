@@ -1,0 +1,98 @@
+import { sql } from "drizzle-orm";
+import {
+  bigint,
+  boolean,
+  check,
+  index,
+  pgTable,
+  text,
+  timestamp,
+  uniqueIndex,
+  uuid,
+  varchar,
+} from "drizzle-orm/pg-core";
+
+const timestamptz = (name: string) => timestamp(name, { withTimezone: true, mode: "date" });
+const createdAt = () => timestamptz("created_at").notNull().defaultNow();
+
+export const ROLES = ["user", "admin"] as const;
+export type Role = (typeof ROLES)[number];
+
+export const users = pgTable(
+  "users",
+  {
+    id: uuid("id").primaryKey().defaultRandom(),
+    username: varchar("username", { length: 50 }).notNull(),
+    email: varchar("email", { length: 320 }).notNull(),
+    name: varchar("name", { length: 255 }),
+    bio: text("bio"),
+    passwordHash: text("password_hash").notNull(),
+    role: text("role", { enum: ROLES }).notNull().default("user"),
+    isActive: boolean("is_active").notNull().default(true),
+    createdAt: createdAt(),
+    updatedAt: timestamptz("updated_at").notNull().defaultNow(),
+  },
+  (table) => [
+    // Uniqueness ignores case: "Alice" and "alice" are the same account name.
+    uniqueIndex("users_username_lower_idx").on(sql`lower(${table.username})`),
+    uniqueIndex("users_email_lower_idx").on(sql`lower(${table.email})`),
+    index("users_created_at_idx").on(table.createdAt),
+    check("users_role_check", sql`${table.role} in ('user', 'admin')`),
+  ],
+);
+
+export const files = pgTable(
+  "files",
+  {
+    id: uuid("id").primaryKey().defaultRandom(),
+    ownerId: uuid("owner_id")
+      .notNull()
+      .references(() => users.id, { onDelete: "cascade" }),
+    filename: varchar("filename", { length: 255 }).notNull(),
+    contentType: varchar("content_type", { length: 127 }).notNull(),
+    fileSize: bigint("file_size", { mode: "number" }).notNull(),
+    fileHash: varchar("file_hash", { length: 64 }).notNull(),
+    storageKey: text("storage_key").notNull().unique(),
+    isPublic: boolean("is_public").notNull().default(false),
+    uploadedAt: timestamptz("uploaded_at").notNull().defaultNow(),
+  },
+  (table) => [index("files_owner_uploaded_idx").on(table.ownerId, table.uploadedAt)],
+);
+
+/** One row per login; the refresh token in circulation is the one whose jti matches. */
+export const authSessions = pgTable(
+  "auth_sessions",
+  {
+    id: uuid("id").primaryKey().defaultRandom(),
+    userId: uuid("user_id")
+      .notNull()
+      .references(() => users.id, { onDelete: "cascade" }),
+    refreshJti: uuid("refresh_jti").notNull(),
+    createdAt: createdAt(),
+    expiresAt: timestamptz("expires_at").notNull(),
+    revokedAt: timestamptz("revoked_at"),
+  },
+  (table) => [index("auth_sessions_user_idx").on(table.userId)],
+);
+
+/** Access tokens revoked before their expiry (logout); the durable side of the revocation cache. */
+export const revokedTokens = pgTable(
+  "revoked_tokens",
+  {
+    jti: uuid("jti").primaryKey(),
+    expiresAt: timestamptz("expires_at").notNull(),
+  },
+  (table) => [index("revoked_tokens_expires_idx").on(table.expiresAt)],
+);
+
+export const usedPasswordResetTokens = pgTable("used_password_reset_tokens", {
+  jti: uuid("jti").primaryKey(),
+  userId: uuid("user_id")
+    .notNull()
+    .references(() => users.id, { onDelete: "cascade" }),
+  usedAt: timestamptz("used_at").notNull().defaultNow(),
+  expiresAt: timestamptz("expires_at").notNull(),
+});
+
+export type UserRow = typeof users.$inferSelect;
+export type FileRow = typeof files.$inferSelect;

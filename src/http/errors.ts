@@ -1,0 +1,188 @@
+import { Elysia, NotFoundError, ParseError, t, ValidationError } from "elysia";
+import type { Logger } from "../platform/logger";
+
+export type ErrorCode =
+  | "BAD_REQUEST"
+  | "AUTHENTICATION_REQUIRED"
+  | "INVALID_TOKEN"
+  | "TOKEN_EXPIRED"
+  | "INVALID_CREDENTIALS"
+  | "PERMISSION_DENIED"
+  | "NOT_FOUND"
+  | "CONFLICT"
+  | "PAYLOAD_TOO_LARGE"
+  | "UNSUPPORTED_MEDIA_TYPE"
+  | "VALIDATION_ERROR"
+  | "RATE_LIMITED"
+  | "INTERNAL_ERROR"
+  | "SERVICE_UNAVAILABLE";
+
+export interface ErrorDetail {
+  field: string;
+  issue: string;
+}
+
+/** The one error type services throw; the mapper turns it into the contract's body. */
+export class AppError extends Error {
+  constructor(
+    readonly status: number,
+    readonly errorCode: ErrorCode,
+    message: string,
+    readonly details: ErrorDetail[] = [],
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+const BEARER_CHALLENGE = { "www-authenticate": "Bearer" };
+
+export const errors = {
+  badRequest: (message: string) => new AppError(400, "BAD_REQUEST", message),
+  unauthenticated: (code: "AUTHENTICATION_REQUIRED" | "INVALID_TOKEN" | "TOKEN_EXPIRED", message: string) =>
+    new AppError(401, code, message, [], BEARER_CHALLENGE),
+  invalidCredentials: () =>
+    new AppError(401, "INVALID_CREDENTIALS", "Incorrect username or password", [], BEARER_CHALLENGE),
+  forbidden: (message = "You do not have permission to perform this action") =>
+    new AppError(403, "PERMISSION_DENIED", message),
+  notFound: (what = "Resource") => new AppError(404, "NOT_FOUND", `${what} not found`),
+  conflict: (message: string, details: ErrorDetail[] = []) => new AppError(409, "CONFLICT", message, details),
+  tooLarge: (limit: number) => new AppError(413, "PAYLOAD_TOO_LARGE", `Request body exceeds ${limit} bytes`),
+  validation: (details: ErrorDetail[]) => new AppError(422, "VALIDATION_ERROR", "Invalid input data", details),
+  rateLimited: (retryAfterSeconds: number, headers: Record<string, string>) =>
+    new AppError(429, "RATE_LIMITED", "Too many requests; try again later", [], {
+      ...headers,
+      "retry-after": String(retryAfterSeconds),
+    }),
+  unavailable: () => new AppError(503, "SERVICE_UNAVAILABLE", "Service temporarily unavailable"),
+};
+
+/** The contract's error body, for the OpenAPI document. */
+export const ErrorBody = t.Object(
+  {
+    error: t.Object({
+      code: t.String({ examples: ["VALIDATION_ERROR"] }),
+      message: t.String(),
+      details: t.Array(t.Object({ field: t.String(), issue: t.String() })),
+      timestamp: t.String({ format: "date-time" }),
+      request_id: t.String(),
+    }),
+  },
+  { $id: "#/components/schemas/Error", title: "Error" },
+);
+
+const ERROR_DESCRIPTIONS: Record<number, string> = {
+  400: "Malformed request",
+  401: "Missing, invalid or expired credentials",
+  403: "Not allowed",
+  404: "Not found",
+  409: "Conflicts with an existing resource",
+  413: "Body too large",
+  415: "Unsupported media type",
+  422: "Validation failed",
+  429: "Rate limited",
+  503: "Database unavailable",
+};
+
+/** Response schemas for the error statuses a route can return, spread into its `response`. */
+export function errorResponses<S extends number>(...statuses: S[]): Record<S, typeof ErrorBody> {
+  return Object.fromEntries(
+    statuses.map((status) => [status, t.Composite([ErrorBody], { description: ERROR_DESCRIPTIONS[status] })]),
+  ) as Record<S, typeof ErrorBody>;
+}
+
+// Postgres SQLSTATEs and driver codes that mean "the database is not reachable right now".
+const UNAVAILABLE_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "ETIMEDOUT",
+  "CONNECT_TIMEOUT",
+  "CONNECTION_CLOSED",
+  "CONNECTION_ENDED",
+  "CONNECTION_DESTROYED",
+  "57P01",
+  "57P02",
+  "57P03",
+  "53300",
+]);
+
+/** Drizzle wraps driver errors (`cause`); its own message carries the query's parameters, so never log it. */
+function databaseCause(error: unknown): { code?: string; message: string } | undefined {
+  let current: unknown = error;
+  for (let depth = 0; depth < 3 && current && typeof current === "object"; depth++) {
+    const candidate = current as { code?: unknown; message?: unknown; cause?: unknown };
+    if (typeof candidate.code === "string") return { code: candidate.code, message: String(candidate.message) };
+    if (candidate.message === "PGlite is closed") return { code: "CONNECTION_ENDED", message: "PGlite is closed" };
+    current = candidate.cause;
+  }
+  return undefined;
+}
+
+export function isDatabaseUnavailable(error: unknown): boolean {
+  const code = databaseCause(error)?.code;
+  return code !== undefined && (UNAVAILABLE_CODES.has(code) || code.startsWith("08"));
+}
+
+function toAppError(error: unknown): AppError | undefined {
+  if (error instanceof AppError) return error;
+  if (error instanceof ValidationError) {
+    if (error.type === "response") return undefined;
+    const details = error.all.map((issue) => {
+      const path = "path" in issue && issue.path ? issue.path.replace(/^\//, "").replaceAll("/", ".") : "";
+      const custom = "schema" in issue ? (issue.schema as { error?: unknown }).error : undefined;
+      const message = typeof custom === "string" ? custom : "message" in issue ? issue.message : undefined;
+      return { field: path || error.type, issue: message ?? "Invalid value" };
+    });
+    // One entry per field: TypeBox reports a union's every branch.
+    const unique = details.filter((d, i) => details.findIndex((o) => o.field === d.field) === i);
+    return errors.validation(unique);
+  }
+  if (error instanceof ParseError) return errors.badRequest("Malformed request body");
+  if (error instanceof NotFoundError) return errors.notFound();
+  if (isDatabaseUnavailable(error)) return errors.unavailable();
+  const code = databaseCause(error)?.code;
+  if (code === "23505") return errors.conflict("A resource with these values already exists");
+  return undefined;
+}
+
+export function errorBody(error: AppError, requestId: string) {
+  return {
+    error: {
+      code: error.errorCode,
+      message: error.message,
+      details: error.details,
+      timestamp: new Date().toISOString(),
+      request_id: requestId,
+    },
+  };
+}
+
+/** The one error mapper; registered on the root app so it sees every route's errors. */
+export function errorMapper(logger: Logger) {
+  return new Elysia({ name: "error-mapper" }).onError({ as: "global" }, ({ error, code, set, request, route }) => {
+    const requestId = String(set.headers["x-request-id"] ?? "");
+    let mapped = toAppError(error);
+    // Elysia's own 404 carries code NOT_FOUND without a NotFoundError instance in some paths.
+    if (!mapped && code === "NOT_FOUND") mapped = errors.notFound();
+    if (!mapped) {
+      const cause = databaseCause(error);
+      logger.error("unhandled error", {
+        request_id: requestId,
+        method: request.method,
+        route,
+        error:
+          cause ??
+          (error instanceof Error ? { name: error.name, message: error.message, stack: error.stack } : String(error)),
+      });
+      mapped = new AppError(500, "INTERNAL_ERROR", "Internal server error");
+    } else if (mapped.status === 503) {
+      logger.warn("database unavailable", { request_id: requestId, error: databaseCause(error)?.message });
+    }
+    set.status = mapped.status;
+    Object.assign(set.headers, mapped.headers);
+    set.headers["content-type"] = "application/json";
+    return errorBody(mapped, requestId);
+  });
+}

@@ -1,0 +1,70 @@
+import { Elysia } from "elysia";
+import type { Logger } from "../platform/logger";
+import { errors } from "./errors";
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+export const DEFAULT_CSP = "default-src 'self'";
+const JSON_BODY_LIMIT = 1024 * 1024;
+
+export interface RequestContextOptions {
+  logger: Logger;
+  trustProxy: boolean;
+  /** Paths whose bodies may exceed the JSON limit (they enforce their own). */
+  largeBodyPaths?: RegExp;
+}
+
+type Server = { requestIP(request: Request): { address: string } | null } | null;
+
+/** The socket's peer, or with TRUST_PROXY the address our one trusted proxy appended last to X-Forwarded-For. */
+export function clientIp(request: Request, server: Server, trustProxy: boolean): string {
+  if (trustProxy) {
+    const forwarded = request.headers.get("x-forwarded-for");
+    const last = forwarded?.split(",").at(-1)?.trim();
+    if (last) return last;
+  }
+  return server?.requestIP(request)?.address ?? "unknown";
+}
+
+function isHttps(request: Request, trustProxy: boolean): boolean {
+  if (request.url.startsWith("https:")) return true;
+  return trustProxy && request.headers.get("x-forwarded-proto")?.split(",")[0]?.trim() === "https";
+}
+
+/**
+ * Per-request plumbing every response needs: X-Request-ID, security headers, a JSON body cap,
+ * the client IP, and one access-log line. Route templates (not raw paths) are logged, so
+ * query strings and path secrets never reach the log.
+ */
+export function requestContext(options: RequestContextOptions) {
+  const started = new WeakMap<Request, number>();
+  return new Elysia({ name: "request-context" })
+    .onRequest(({ request, set }) => {
+      started.set(request, performance.now());
+      const incoming = request.headers.get("x-request-id");
+      set.headers["x-request-id"] = incoming && REQUEST_ID.test(incoming) ? incoming : crypto.randomUUID();
+      set.headers["x-content-type-options"] = "nosniff";
+      set.headers["x-frame-options"] = "DENY";
+      set.headers["referrer-policy"] = "no-referrer";
+      set.headers["content-security-policy"] = DEFAULT_CSP;
+      if (isHttps(request, options.trustProxy)) {
+        set.headers["strict-transport-security"] = "max-age=31536000; includeSubDomains";
+      }
+      const length = Number(request.headers.get("content-length") ?? 0);
+      if (length > JSON_BODY_LIMIT && !options.largeBodyPaths?.test(new URL(request.url).pathname)) {
+        throw errors.tooLarge(JSON_BODY_LIMIT);
+      }
+    })
+    .derive({ as: "global" }, ({ request, server }) => ({
+      clientIp: clientIp(request, server as Server, options.trustProxy),
+    }))
+    .onAfterResponse({ as: "global" }, ({ request, set, route }) => {
+      const start = started.get(request);
+      options.logger.info("request", {
+        method: request.method,
+        route: route || "unmatched",
+        status: typeof set.status === "number" ? set.status : 200,
+        duration_ms: start === undefined ? undefined : Math.round((performance.now() - start) * 100) / 100,
+        request_id: set.headers["x-request-id"],
+      });
+    });
+}

@@ -1,0 +1,59 @@
+import { Elysia, t } from "elysia";
+import type { HealthService } from "./service";
+
+const HealthReport = t.Object(
+  {
+    status: t.Union([t.Literal("ok"), t.Literal("degraded")]),
+    version: t.String(),
+    uptime_seconds: t.Integer(),
+    checks: t.Object({
+      database: t.Object({ ok: t.Boolean(), latency_ms: t.Number() }),
+      cache: t.Object({ ok: t.Boolean(), backend: t.Union([t.Literal("redis"), t.Literal("memory")]) }),
+    }),
+  },
+  { $id: "#/components/schemas/HealthReport", title: "HealthReport" },
+);
+
+const Readiness = t.Object(
+  {
+    status: t.Union([t.Literal("ready"), t.Literal("not_ready")]),
+    checks: t.Object({ database: t.Boolean(), migrations: t.Boolean() }),
+  },
+  { title: "Readiness" },
+);
+
+export function healthRoutes(health: HealthService) {
+  return new Elysia({ prefix: "/health", tags: ["health"] })
+    .get(
+      "",
+      async ({ set }) => {
+        const report = await health.report();
+        // The database is essential: without it the instance cannot serve, so say so with 503.
+        if (!report.checks.database.ok) set.status = 503;
+        return report;
+      },
+      {
+        response: { 200: HealthReport, 503: HealthReport },
+        detail: {
+          summary: "Service health",
+          description: "Database and cache status. `degraded` when the cache is unreachable; 503 when the database is.",
+        },
+      },
+    )
+    .get("/live", () => ({ status: "ok" as const }), {
+      response: { 200: t.Object({ status: t.Literal("ok") }) },
+      detail: { summary: "Liveness: the process is up" },
+    })
+    .get(
+      "/ready",
+      async ({ set }) => {
+        const readiness = await health.readiness();
+        if (readiness.status !== "ready") set.status = 503;
+        return readiness;
+      },
+      {
+        response: { 200: Readiness, 503: Readiness },
+        detail: { summary: "Readiness: database reachable and migrations applied" },
+      },
+    );
+}

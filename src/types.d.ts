@@ -1,0 +1,17 @@
+// Files imported `with { type: "file" }` resolve to a path (inside the binary: /$bunfs/...).
+declare module "*.wasm" {
+  const path: string;
+  export default path;
+}
+declare module "*.data" {
+  const path: string;
+  export default path;
+}
+declare module "swagger-ui-dist/*" {
+  const path: string;
+  export default path;
+}
+declare module "redoc/bundles/*" {
+  const path: string;
+  export default path;
+}

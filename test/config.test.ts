@@ -1,0 +1,94 @@
+import { describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ConfigError, loadConfig, readEnvironment } from "../src/config";
+
+const fail = (env: Record<string, string>) => {
+  try {
+    loadConfig(env);
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return (error as Error).message;
+  }
+  throw new Error("expected a ConfigError");
+};
+
+const TEST_ENV = { ENVIRONMENT: "test" };
+
+describe("configuration", () => {
+  test("defaults match the contract", () => {
+    const config = loadConfig(TEST_ENV);
+    expect(config.PORT).toBe(8000);
+    expect(config.ACCESS_TOKEN_EXPIRE_MINUTES).toBe(60);
+    expect(config.REFRESH_TOKEN_EXPIRE_DAYS).toBe(7);
+    expect(config.MAX_UPLOAD_SIZE).toBe(10 * 1024 * 1024);
+    expect(config.allowedFileTypes).toEqual(["image/jpeg", "image/png", "application/pdf", "text/plain"]);
+    expect(config.BCRYPT_ROUNDS).toBe(12);
+    expect(config.databaseUrl).toBeUndefined();
+    expect(config.rateLimits.login).toEqual({ limit: 5, windowMs: 60_000 });
+    expect(config.rateLimits.register).toEqual({ limit: 5, windowMs: 3_600_000 });
+  });
+
+  test("a bad value names the variable in one line", () => {
+    const message = fail({ ...TEST_ENV, PORT: "eighty" });
+    expect(message).toStartWith("config: PORT ");
+    expect(message).not.toContain("\n");
+    expect(fail({ ...TEST_ENV, LOG_FORMAT: "xml" })).toStartWith("config: LOG_FORMAT");
+    expect(fail({ ...TEST_ENV, RATE_LIMIT_LOGIN: "5 per minute" })).toStartWith("config: RATE_LIMIT_LOGIN");
+    expect(fail({ ...TEST_ENV, REDIS_URL: "localhost:6379" })).toStartWith("config: REDIS_URL");
+    expect(fail({ ...TEST_ENV, ALLOWED_ORIGINS: "[not json" })).toStartWith("config: ALLOWED_ORIGINS");
+  });
+
+  test("a rejected secret is never echoed", () => {
+    const message = fail({ ENVIRONMENT: "production", SECRET_KEY: "short-but-secret" });
+    expect(message).toContain("SECRET_KEY");
+    expect(message).not.toContain("short-but-secret");
+  });
+
+  test("the SQLAlchemy asyncpg URL is accepted as plain postgresql", () => {
+    const config = loadConfig({ ...TEST_ENV, REVIEWPOINT_DB_URL: "postgresql+asyncpg://u:p@db:5432/app" });
+    expect(config.databaseUrl).toBe("postgresql://u:p@db:5432/app");
+    expect(loadConfig({ ...TEST_ENV, DATABASE_URL: "postgres://db/x" }).databaseUrl).toBe("postgres://db/x");
+  });
+
+  test("allowed origins come as a JSON list or a comma list", () => {
+    expect(loadConfig({ ...TEST_ENV, ALLOWED_ORIGINS: '["https://a.example", "https://b.example"]' }).allowedOrigins).toEqual([
+      "https://a.example",
+      "https://b.example",
+    ]);
+    expect(loadConfig({ ...TEST_ENV, ALLOWED_ORIGINS: "https://a.example, https://b.example" }).allowedOrigins).toEqual([
+      "https://a.example",
+      "https://b.example",
+    ]);
+  });
+
+  test("production refuses a missing, default or short SECRET_KEY", () => {
+    expect(fail({ ENVIRONMENT: "production" })).toContain("SECRET_KEY");
+    expect(fail({ ENVIRONMENT: "production", SECRET_KEY: "changeme" })).toContain("SECRET_KEY");
+    expect(fail({ ENVIRONMENT: "production", SECRET_KEY: "x".repeat(31) })).toContain("SECRET_KEY");
+    expect(loadConfig({ ENVIRONMENT: "production", SECRET_KEY: "k".repeat(40) }).secretKey).toBe("k".repeat(40));
+  });
+
+  test("development generates a secret once and keeps it in DATA_DIR", () => {
+    const dataDir = mkdtempSync(join(tmpdir(), "rp-config-"));
+    const first = loadConfig({ ENVIRONMENT: "development", DATA_DIR: dataDir }).secretKey;
+    const second = loadConfig({ ENVIRONMENT: "development", DATA_DIR: dataDir }).secretKey;
+    expect(first.length).toBeGreaterThanOrEqual(32);
+    expect(second).toBe(first);
+    const file = join(dataDir, "secret_key");
+    expect(readFileSync(file, "utf8")).toBe(first);
+    expect(statSync(file).mode & 0o077).toBe(0);
+  });
+
+  test("config/.env is read and the environment wins over it", () => {
+    const dir = mkdtempSync(join(tmpdir(), "rp-dotenv-"));
+    mkdirSync(join(dir, "config"));
+    writeFileSync(join(dir, "config", ".env"), "PORT=9100\nLOG_FORMAT=pretty\n");
+    const raw = readEnvironment({ LOG_FORMAT: "json" }, dir);
+    const config = loadConfig({ ...raw, ...TEST_ENV });
+    expect(config.PORT).toBe(9100);
+    expect(config.LOG_FORMAT).toBe("json");
+    expect(existsSync(join(dir, "data"))).toBe(false);
+  });
+});

@@ -1,0 +1,112 @@
+import { sql } from "drizzle-orm";
+import { type AppDeps, createApp } from "../src/app";
+import { type Config, loadConfig } from "../src/config";
+import { connectPostgres, type Database, openPglite } from "../src/db/client";
+import { runMigrations } from "../src/db/migrate";
+import { type KeyValueStore, MemoryStore, RedisStore } from "../src/platform/kv";
+import { createLogger, type Logger } from "../src/platform/logger";
+
+/** The run's database: real Postgres when TEST_DATABASE_URL is set, in-memory PGlite otherwise. */
+export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL;
+export const TEST_REDIS_URL = process.env.TEST_REDIS_URL;
+
+let shared: Promise<Database> | undefined;
+
+export function testDatabase(): Promise<Database> {
+  shared ??= (async () => {
+    const db = TEST_DATABASE_URL ? connectPostgres({ url: TEST_DATABASE_URL, max: 10 }) : await openPglite("memory://");
+    if (TEST_DATABASE_URL) {
+      // Start every run from an empty database, so migrations are exercised from scratch.
+      await db.orm.execute(sql`drop schema if exists drizzle cascade`);
+      await db.orm.execute(sql`drop schema public cascade`);
+      await db.orm.execute(sql`create schema public`);
+    }
+    await runMigrations(db);
+    return db;
+  })();
+  return shared;
+}
+
+export async function truncateAll(db: Database): Promise<void> {
+  await db.orm.execute(
+    sql`truncate table users, files, auth_sessions, revoked_tokens, used_password_reset_tokens restart identity cascade`,
+  );
+}
+
+export function testConfig(overrides: Record<string, string> = {}): Config {
+  return loadConfig({
+    ENVIRONMENT: "test",
+    BCRYPT_ROUNDS: "4",
+    RATE_LIMIT_ENABLED: "false",
+    DATA_DIR: "/tmp/reviewpoint-test",
+    ...overrides,
+  });
+}
+
+/** A logger that keeps its lines, so tests can read what would have reached the log. */
+export function memoryLogger(): Logger & { lines: string[] } {
+  const lines: string[] = [];
+  const logger = createLogger({ level: "debug", format: "json", write: (line) => lines.push(line) });
+  return Object.assign(logger, { lines });
+}
+
+const redisStores: RedisStore[] = [];
+
+export async function testStore(): Promise<KeyValueStore> {
+  if (!TEST_REDIS_URL) return new MemoryStore();
+  const store = new RedisStore(TEST_REDIS_URL, memoryLogger());
+  await store.connect();
+  redisStores.push(store);
+  return store;
+}
+
+export async function closeTestStores(): Promise<void> {
+  await Promise.all(redisStores.splice(0).map((store) => store.close()));
+}
+
+export interface TestContext {
+  app: ReturnType<typeof createApp>;
+  deps: AppDeps;
+  logs: string[];
+}
+
+/** The whole app on the run's database and a fresh store, in one line. */
+export async function makeApp(overrides: Record<string, string> = {}, deps: Partial<AppDeps> = {}): Promise<TestContext> {
+  const logger = memoryLogger();
+  const full: AppDeps = {
+    config: testConfig(overrides),
+    db: await testDatabase(),
+    kv: await testStore(),
+    logger,
+    ...deps,
+  };
+  return { app: createApp(full), deps: full, logs: logger.lines };
+}
+
+export interface CallOptions {
+  body?: unknown;
+  token?: string;
+  headers?: Record<string, string>;
+}
+
+/** Sends one request through `app.handle`; JSON bodies are encoded unless given as a string or form. */
+export async function call(app: { handle(request: Request): Promise<Response> }, method: string, path: string, options: CallOptions = {}) {
+  const headers = new Headers(options.headers);
+  let body: BodyInit | undefined;
+  if (typeof options.body === "string" || options.body instanceof URLSearchParams || options.body instanceof FormData) {
+    body = options.body;
+  } else if (options.body !== undefined) {
+    body = JSON.stringify(options.body);
+    headers.set("content-type", "application/json");
+  }
+  if (options.token) headers.set("authorization", `Bearer ${options.token}`);
+  const response = await app.handle(new Request(`http://localhost${path}`, { method, headers, body }));
+  const text = await response.text();
+  let json: any;
+  try {
+    json = text ? JSON.parse(text) : undefined;
+  } catch {
+    json = undefined;
+  }
+  return { status: response.status, headers: response.headers, text, json };
+}
