@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { type Static, Type as T } from "@sinclair/typebox";
-import { Value } from "@sinclair/typebox/value";
+import { Value, type ValueError } from "@sinclair/typebox/value";
 import { parse as parseDotenv } from "dotenv";
 import pkg from "../package.json" with { type: "json" };
 
@@ -143,11 +143,11 @@ function resolveSecret(env: Env, dataDir: string): string {
   return secret;
 }
 
-function describe(error: { path: string; message: string; value: unknown; schema: { anyOf?: { const?: unknown }[] } }) {
+function describe(error: ValueError): string {
   const name = error.path.replace(/^\//, "");
   const secret = /SECRET|PASSWORD|KEY/.test(name);
   const shown = secret || error.value === undefined ? "" : ` (got ${JSON.stringify(error.value)})`;
-  const choices = error.schema.anyOf?.map((option) => option.const).filter((value) => value !== undefined);
+  const choices = (error.schema.anyOf as { const?: unknown }[] | undefined)?.map((option) => option.const).filter((value) => value !== undefined);
   const problem = choices?.length ? `must be one of ${choices.join("|")}` : error.message.toLowerCase();
   return `config: ${name} ${problem}${shown}`;
 }

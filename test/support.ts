@@ -92,7 +92,7 @@ export interface CallOptions {
 /** Sends one request through `app.handle`; JSON bodies are encoded unless given as a string or form. */
 export async function call(app: { handle(request: Request): Promise<Response> }, method: string, path: string, options: CallOptions = {}) {
   const headers = new Headers(options.headers);
-  let body: BodyInit | undefined;
+  let body: string | URLSearchParams | FormData | undefined;
   if (typeof options.body === "string" || options.body instanceof URLSearchParams || options.body instanceof FormData) {
     body = options.body;
   } else if (options.body !== undefined) {

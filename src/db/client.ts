@@ -37,16 +37,13 @@ export function connectPostgres(options: PostgresOptions): Database {
     kind: "postgres",
     orm: drizzlePostgres(client, { schema }),
     async exclusive(lockKey, work) {
-      const conn = await client.reserve();
+      // A one-connection client: the advisory lock belongs to the session that took it.
+      const single = postgres(options.url, { max: 1, connect_timeout: 10, onnotice: () => {} });
       try {
-        await conn`select pg_advisory_lock(${lockKey})`;
-        try {
-          return await work(drizzlePostgres(conn, { schema }));
-        } finally {
-          await conn`select pg_advisory_unlock(${lockKey})`;
-        }
+        await single`select pg_advisory_lock(${lockKey})`;
+        return await work(drizzlePostgres(single, { schema }));
       } finally {
-        conn.release();
+        await single.end({ timeout: 5 });
       }
     },
     close: () => client.end({ timeout: 5 }),
