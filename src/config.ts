@@ -147,7 +147,9 @@ function describe(error: ValueError): string {
   const name = error.path.replace(/^\//, "");
   const secret = /SECRET|PASSWORD|KEY/.test(name);
   const shown = secret || error.value === undefined ? "" : ` (got ${JSON.stringify(error.value)})`;
-  const choices = (error.schema.anyOf as { const?: unknown }[] | undefined)?.map((option) => option.const).filter((value) => value !== undefined);
+  const choices = (error.schema.anyOf as { const?: unknown }[] | undefined)
+    ?.map((option) => option.const)
+    .filter((value) => value !== undefined);
   const problem = choices?.length ? `must be one of ${choices.join("|")}` : error.message.toLowerCase();
   return `config: ${name} ${problem}${shown}`;
 }

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ConfigError, loadConfig, readEnvironment } from "../src/config";
@@ -53,14 +53,12 @@ describe("configuration", () => {
   });
 
   test("allowed origins come as a JSON list or a comma list", () => {
-    expect(loadConfig({ ...TEST_ENV, ALLOWED_ORIGINS: '["https://a.example", "https://b.example"]' }).allowedOrigins).toEqual([
-      "https://a.example",
-      "https://b.example",
-    ]);
-    expect(loadConfig({ ...TEST_ENV, ALLOWED_ORIGINS: "https://a.example, https://b.example" }).allowedOrigins).toEqual([
-      "https://a.example",
-      "https://b.example",
-    ]);
+    expect(
+      loadConfig({ ...TEST_ENV, ALLOWED_ORIGINS: '["https://a.example", "https://b.example"]' }).allowedOrigins,
+    ).toEqual(["https://a.example", "https://b.example"]);
+    expect(loadConfig({ ...TEST_ENV, ALLOWED_ORIGINS: "https://a.example, https://b.example" }).allowedOrigins).toEqual(
+      ["https://a.example", "https://b.example"],
+    );
   });
 
   test("production refuses a missing, default or short SECRET_KEY", () => {

@@ -71,7 +71,10 @@ export interface TestContext {
 }
 
 /** The whole app on the run's database and a fresh store, in one line. */
-export async function makeApp(overrides: Record<string, string> = {}, deps: Partial<AppDeps> = {}): Promise<TestContext> {
+export async function makeApp(
+  overrides: Record<string, string> = {},
+  deps: Partial<AppDeps> = {},
+): Promise<TestContext> {
   const logger = memoryLogger();
   const full: AppDeps = {
     config: testConfig(overrides),
@@ -90,7 +93,12 @@ export interface CallOptions {
 }
 
 /** Sends one request through `app.handle`; JSON bodies are encoded unless given as a string or form. */
-export async function call(app: { handle(request: Request): Promise<Response> }, method: string, path: string, options: CallOptions = {}) {
+export async function call(
+  app: { handle(request: Request): Promise<Response> },
+  method: string,
+  path: string,
+  options: CallOptions = {},
+) {
   const headers = new Headers(options.headers);
   let body: string | URLSearchParams | FormData | undefined;
   if (typeof options.body === "string" || options.body instanceof URLSearchParams || options.body instanceof FormData) {

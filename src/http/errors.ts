@@ -68,7 +68,7 @@ export const ErrorBody = t.Object(
       request_id: t.String(),
     }),
   },
-  { $id: "#/components/schemas/Error", title: "Error" },
+  { title: "Error" },
 );
 
 const ERROR_DESCRIPTIONS: Record<number, string> = {
@@ -139,7 +139,10 @@ function toAppError(error: unknown): AppError | undefined {
     const unique = details.filter((d, i) => details.findIndex((o) => o.field === d.field) === i);
     return errors.validation(unique);
   }
-  if (error instanceof ParseError) return errors.badRequest("Malformed request body");
+  // Elysia wraps whatever a body parser throws; our own parser throws AppErrors (413, 400).
+  if (error instanceof ParseError) {
+    return error.cause instanceof AppError ? error.cause : errors.badRequest("Malformed request body");
+  }
   if (error instanceof NotFoundError) return errors.notFound();
   if (isDatabaseUnavailable(error)) return errors.unavailable();
   const code = databaseCause(error)?.code;

@@ -9,8 +9,19 @@ const JSON_BODY_LIMIT = 1024 * 1024;
 export interface RequestContextOptions {
   logger: Logger;
   trustProxy: boolean;
-  /** Paths whose bodies may exceed the JSON limit (they enforce their own). */
-  largeBodyPaths?: RegExp;
+}
+
+/** Reads a text body, refusing it with 413 as soon as it passes `limit` bytes (no Content-Length is trusted). */
+async function readCapped(request: Request, limit: number): Promise<string> {
+  if (!request.body) return "";
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of request.body) {
+    size += chunk.byteLength;
+    if (size > limit) throw errors.tooLarge(limit);
+    chunks.push(chunk);
+  }
+  return new TextDecoder("utf-8", { fatal: false }).decode(Buffer.concat(chunks));
 }
 
 type Server = { requestIP(request: Request): { address: string } | null } | null;
@@ -31,7 +42,7 @@ function isHttps(request: Request, trustProxy: boolean): boolean {
 }
 
 /**
- * Per-request plumbing every response needs: X-Request-ID, security headers, a JSON body cap,
+ * Per-request plumbing every response needs: X-Request-ID, security headers, capped body parsing,
  * the client IP, and one access-log line. Route templates (not raw paths) are logged, so
  * query strings and path secrets never reach the log.
  */
@@ -49,9 +60,18 @@ export function requestContext(options: RequestContextOptions) {
       if (isHttps(request, options.trustProxy)) {
         set.headers["strict-transport-security"] = "max-age=31536000; includeSubDomains";
       }
-      const length = Number(request.headers.get("content-length") ?? 0);
-      if (length > JSON_BODY_LIMIT && !options.largeBodyPaths?.test(new URL(request.url).pathname)) {
-        throw errors.tooLarge(JSON_BODY_LIMIT);
+    })
+    .onParse({ as: "global" }, async ({ request, contentType }) => {
+      if (contentType.startsWith("application/json")) {
+        const text = await readCapped(request, JSON_BODY_LIMIT);
+        try {
+          return text === "" ? undefined : JSON.parse(text);
+        } catch {
+          throw errors.badRequest("Malformed JSON body");
+        }
+      }
+      if (contentType.startsWith("application/x-www-form-urlencoded")) {
+        return Object.fromEntries(new URLSearchParams(await readCapped(request, JSON_BODY_LIMIT)));
       }
     })
     .derive({ as: "global" }, ({ request, server }) => ({

@@ -11,7 +11,7 @@ const HealthReport = t.Object(
       cache: t.Object({ ok: t.Boolean(), backend: t.Union([t.Literal("redis"), t.Literal("memory")]) }),
     }),
   },
-  { $id: "#/components/schemas/HealthReport", title: "HealthReport" },
+  { title: "HealthReport" },
 );
 
 const Readiness = t.Object(
