@@ -21,7 +21,11 @@ export type Role = (typeof ROLES)[number];
 export const users = pgTable(
   "users",
   {
-    id: uuid("id").primaryKey().defaultRandom(),
+    // v7: time-ordered, so exports can page by id in creation order.
+    id: uuid("id")
+      .primaryKey()
+      .defaultRandom()
+      .$defaultFn(() => Bun.randomUUIDv7()),
     username: varchar("username", { length: 50 }).notNull(),
     email: varchar("email", { length: 320 }).notNull(),
     name: varchar("name", { length: 255 }),

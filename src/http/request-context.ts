@@ -24,10 +24,10 @@ async function readCapped(request: Request, limit: number): Promise<string> {
   return new TextDecoder("utf-8", { fatal: false }).decode(Buffer.concat(chunks));
 }
 
-type Server = { requestIP(request: Request): { address: string } | null } | null;
+export type ClientServer = { requestIP(request: Request): { address: string } | null } | null;
 
 /** The socket's peer, or with TRUST_PROXY the address our one trusted proxy appended last to X-Forwarded-For. */
-export function clientIp(request: Request, server: Server, trustProxy: boolean): string {
+export function clientIp(request: Request, server: ClientServer, trustProxy: boolean): string {
   if (trustProxy) {
     const forwarded = request.headers.get("x-forwarded-for");
     const last = forwarded?.split(",").at(-1)?.trim();
@@ -42,8 +42,8 @@ function isHttps(request: Request, trustProxy: boolean): boolean {
 }
 
 /**
- * Per-request plumbing every response needs: X-Request-ID, security headers, capped body parsing,
- * the client IP, and one access-log line. Route templates (not raw paths) are logged, so
+ * Per-request plumbing every response needs: X-Request-ID, security headers, capped body parsing
+ * and one access-log line. Route templates (not raw paths) are logged, so
  * query strings and path secrets never reach the log.
  */
 export function requestContext(options: RequestContextOptions) {
@@ -74,9 +74,6 @@ export function requestContext(options: RequestContextOptions) {
         return Object.fromEntries(new URLSearchParams(await readCapped(request, JSON_BODY_LIMIT)));
       }
     })
-    .derive({ as: "global" }, ({ request, server }) => ({
-      clientIp: clientIp(request, server as Server, options.trustProxy),
-    }))
     .onAfterResponse({ as: "global" }, ({ request, set, route }) => {
       const start = started.get(request);
       options.logger.info("request", {

@@ -1,0 +1,46 @@
+import nodemailer from "nodemailer";
+import type { Logger } from "./logger";
+
+export interface MailMessage {
+  to: string;
+  subject: string;
+  text: string;
+}
+
+export interface Mailer {
+  send(message: MailMessage): Promise<void>;
+}
+
+/**
+ * SMTP when SMTP_URL is set. Without it, outside production the message is written to the log
+ * (so a developer can follow a reset link); in production it is dropped with a warning.
+ */
+export function createMailer(options: {
+  smtpUrl: string | undefined;
+  from: string;
+  environment: "development" | "test" | "production";
+  logger: Logger;
+}): Mailer {
+  const { smtpUrl, from, environment, logger } = options;
+  if (smtpUrl) {
+    const transport = nodemailer.createTransport(smtpUrl);
+    return {
+      async send(message) {
+        await transport.sendMail({ from, ...message });
+      },
+    };
+  }
+  return {
+    async send(message) {
+      if (environment === "production") {
+        logger.warn("mail not sent: SMTP_URL is not configured", { subject: message.subject });
+        return;
+      }
+      logger.info("mail (no SMTP_URL configured; shown here instead)", {
+        to: message.to,
+        subject: message.subject,
+        body: message.text,
+      });
+    },
+  };
+}
