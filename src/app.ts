@@ -63,10 +63,9 @@ function corsOrigin(allowed: string[]): boolean | string[] {
   return allowed.includes("*") ? true : allowed;
 }
 
-/** Builds the whole HTTP application from its dependencies; no I/O happens here. */
-export function createApp(deps: AppDeps) {
+/** The application's services, wired once; the CLI uses them without HTTP. */
+export function createServices(deps: AppDeps) {
   const { config, db, kv, logger } = deps;
-  const health = createHealthService({ db, kv, version: VERSION, startedAt: deps.startedAt ?? Date.now() });
   const passwords = createPasswordHasher(config.BCRYPT_ROUNDS);
   const tokens = createTokenService(config);
   const usersRepo = createUsersRepo(db.orm);
@@ -89,6 +88,14 @@ export function createApp(deps: AppDeps) {
     mailer,
     logger,
   });
+  return { users, auth };
+}
+
+/** Builds the whole HTTP application from its dependencies; no I/O happens here. */
+export function createApp(deps: AppDeps) {
+  const { config, db, kv, logger } = deps;
+  const health = createHealthService({ db, kv, version: VERSION, startedAt: deps.startedAt ?? Date.now() });
+  const { users, auth } = createServices(deps);
   const guard = authGuard(auth.authenticate);
   const limits = rateLimits(createRateLimiter(kv, logger), config);
 

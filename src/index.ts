@@ -1,11 +1,14 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { createApp } from "./app";
+import { Value } from "@sinclair/typebox/value";
+import { createApp, createServices } from "./app";
 import { type Config, ConfigError, loadConfig, readEnvironment, VERSION } from "./config";
 import { connectPostgres, type Database, openPglite } from "./db/client";
 import { runMigrations } from "./db/migrate";
-import { createStore } from "./platform/kv";
+import { AppError } from "./http/errors";
+import { AdminCreateBody } from "./modules/users/model";
+import { createStore, MemoryStore } from "./platform/kv";
 import { createLogger, type Logger } from "./platform/logger";
 
 const HELP = `ReViewPoint API server ${VERSION}
@@ -36,6 +39,36 @@ async function migrateCommand(config: Config, logger: Logger) {
   try {
     const applied = await runMigrations(db);
     logger.info("migrations applied", { applied, database: db.kind });
+  } finally {
+    await db.close();
+  }
+}
+
+async function readPassword(): Promise<string> {
+  const fromEnv = process.env.REVIEWPOINT_ADMIN_PASSWORD;
+  if (fromEnv) return fromEnv;
+  if (process.stdin.isTTY) process.stderr.write("Password (end with Ctrl-D): ");
+  return (await Bun.stdin.text()).replace(/\r?\n$/, "");
+}
+
+async function createAdminCommand(config: Config, logger: Logger, username?: string, email?: string) {
+  if (!username || !email) throw new ConfigError("create-admin needs --username U --email E; see --help");
+  const account = { username, email, password: await readPassword(), role: "admin" as const };
+  const problem = Value.Errors(AdminCreateBody, account).First();
+  if (problem) {
+    const field = problem.path.replace(/^\//, "");
+    const rule = (problem.schema as { error?: string }).error ?? problem.message;
+    throw new ConfigError(`create-admin: ${field}: ${rule}`);
+  }
+  const db = await openDatabase(config);
+  try {
+    await runMigrations(db);
+    const { users } = createServices({ config, db, kv: new MemoryStore(), logger });
+    const admin = await users.create(account);
+    logger.info("admin created", { id: admin.id, username: admin.username });
+  } catch (error) {
+    if (error instanceof AppError) throw new CliError(`create-admin: ${error.message}`);
+    throw error;
   } finally {
     await db.close();
   }
@@ -105,15 +138,25 @@ async function main(argv: string[]) {
       return serveCommand(config, logger);
     case "migrate":
       return migrateCommand(config, logger);
+    case "create-admin":
+      return createAdminCommand(config, logger, values.username, values.email);
     default:
       throw new ConfigError(`unknown command "${command}"; see --help`);
   }
 }
 
+/** A failure the operator can act on; printed as one line, exit code 1. */
+class CliError extends Error {}
+
 main(process.argv.slice(2)).catch((error: unknown) => {
+  // Bad settings or arguments (parseArgs throws TypeErrors with a code): one line, exit 2.
   if (error instanceof ConfigError || (error instanceof TypeError && "code" in error)) {
     console.error(error.message);
     process.exit(2);
+  }
+  if (error instanceof CliError) {
+    console.error(error.message);
+    process.exit(1);
   }
   console.error("fatal:", error instanceof Error ? error.message : error);
   process.exit(1);

@@ -118,3 +118,33 @@ export async function call(
   }
   return { status: response.status, headers: response.headers, text, json };
 }
+
+type Handler = { handle(request: Request): Promise<Response> };
+
+export interface Account {
+  user: { id: string; username: string; email: string; role: string };
+  password: string;
+  access: string;
+  refresh: string;
+}
+
+let accountSeq = 0;
+
+/** Registers a user and logs in; returns the user and its tokens. */
+export async function signUp(app: Handler, fields: { username?: string; email?: string; password?: string } = {}) {
+  accountSeq += 1;
+  const username = fields.username ?? `user${accountSeq}_${crypto.randomUUID().slice(0, 8)}`;
+  const password = fields.password ?? "secret123";
+  const registered = await call(app, "POST", "/api/v1/auth/register", {
+    body: { username, email: fields.email ?? `${username}@example.com`, password },
+  });
+  if (registered.status !== 201) throw new Error(`register failed: ${registered.status} ${registered.text}`);
+  const tokens = await login(app, username, password);
+  return { user: registered.json, password, access: tokens.access_token, refresh: tokens.refresh_token } as Account;
+}
+
+export async function login(app: Handler, username: string, password: string) {
+  const res = await call(app, "POST", "/api/v1/auth/login", { body: { username, password } });
+  if (res.status !== 200) throw new Error(`login failed: ${res.status} ${res.text}`);
+  return res.json as { access_token: string; refresh_token: string; token_type: string; expires_in: number };
+}

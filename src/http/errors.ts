@@ -109,11 +109,21 @@ const UNAVAILABLE_CODES = new Set([
 ]);
 
 /** Drizzle wraps driver errors (`cause`); its own message carries the query's parameters, so never log it. */
-function databaseCause(error: unknown): { code?: string; message: string } | undefined {
+function databaseCause(error: unknown): { code?: string; message: string; constraint?: string } | undefined {
   let current: unknown = error;
   for (let depth = 0; depth < 3 && current && typeof current === "object"; depth++) {
-    const candidate = current as { code?: unknown; message?: unknown; cause?: unknown };
-    if (typeof candidate.code === "string") return { code: candidate.code, message: String(candidate.message) };
+    const candidate = current as {
+      code?: unknown;
+      message?: unknown;
+      cause?: unknown;
+      constraint_name?: string;
+      constraint?: string;
+    };
+    if (typeof candidate.code === "string") {
+      // postgres.js names it constraint_name, PGlite constraint.
+      const constraint = candidate.constraint_name ?? candidate.constraint;
+      return { code: candidate.code, message: String(candidate.message), constraint };
+    }
     if (candidate.message === "PGlite is closed") return { code: "CONNECTION_ENDED", message: "PGlite is closed" };
     current = candidate.cause;
   }
@@ -145,8 +155,13 @@ function toAppError(error: unknown): AppError | undefined {
   }
   if (error instanceof NotFoundError) return errors.notFound();
   if (isDatabaseUnavailable(error)) return errors.unavailable();
-  const code = databaseCause(error)?.code;
-  if (code === "23505") return errors.conflict("A resource with these values already exists");
+  const cause = databaseCause(error);
+  if (cause?.code === "23505") {
+    // Our unique indexes are named <table>_<column>[_lower]_(idx|key|unique): name the field.
+    const field = cause.constraint?.match(/^[a-z]+?_(.+?)(_lower)?_(idx|key|unique)$/)?.[1];
+    const details = field ? [{ field, issue: `This ${field} is already taken` }] : [];
+    return errors.conflict("A resource with these values already exists", details);
+  }
   return undefined;
 }
 

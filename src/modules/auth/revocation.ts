@@ -22,7 +22,7 @@ export function createRevocation(deps: {
   logger: Logger;
 }) {
   const { kv, repo, accessTtlSeconds, logger } = deps;
-  let refilling: Promise<void> | undefined;
+  let refilling = false;
 
   async function remember(keys: { key: string; ttlSeconds: number }[]) {
     try {
@@ -58,11 +58,14 @@ export function createRevocation(deps: {
 
     /** The database's answer, for when the store cannot give one; also starts a refill of the store. */
     async checkDurably(claims: Claims): Promise<boolean> {
-      refilling ??= refill()
-        .catch((error: Error) => logger.warn("revocation cache refill failed", { error: error.message }))
-        .finally(() => {
-          refilling = undefined;
-        });
+      if (!refilling) {
+        refilling = true;
+        refill()
+          .catch((error: Error) => logger.warn("revocation cache refill failed", { error: error.message }))
+          .finally(() => {
+            refilling = false;
+          });
+      }
       return repo.isRevoked(claims.jti, claims.sid as string);
     },
 

@@ -1,0 +1,135 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { eq } from "drizzle-orm";
+import { SignJWT } from "jose";
+import { SMTPServer } from "smtp-server";
+import { usedPasswordResetTokens } from "../../../src/db/schema";
+import { call, login, makeApp, signUp } from "../../support";
+
+const API = "/api/v1";
+
+/** A real SMTP server in this process; every message it accepts lands in `inbox`. */
+const inbox: string[] = [];
+const smtp = new SMTPServer({
+  authOptional: true,
+  disabledCommands: ["STARTTLS"],
+  logger: false,
+  onData(stream, _session, done) {
+    let data = "";
+    stream.on("data", (chunk: Buffer) => {
+      data += chunk.toString();
+    });
+    stream.on("end", () => {
+      inbox.push(data);
+      done();
+    });
+  },
+});
+let smtpUrl = "";
+
+beforeAll(async () => {
+  await new Promise<void>((resolve) => smtp.listen(0, "127.0.0.1", resolve));
+  smtpUrl = `smtp://127.0.0.1:${(smtp.server.address() as { port: number }).port}`;
+});
+afterAll(() => new Promise<void>((resolve) => smtp.close(resolve)));
+
+/** Waits for a mail to `to` and returns the reset token from its link (quoted-printable decoded). */
+async function resetTokenFor(to: string): Promise<string> {
+  for (let i = 0; i < 100; i++) {
+    const message = inbox.find((m) => m.includes(to));
+    if (message) {
+      const text = message
+        .replace(/=\r?\n/g, "")
+        .replace(/=([0-9A-F]{2})/g, (_, hex) => String.fromCharCode(Number.parseInt(hex, 16)));
+      const token = text.match(/[?&]token=([A-Za-z0-9._%-]+)/)?.[1];
+      if (token) return decodeURIComponent(token);
+    }
+    await Bun.sleep(20);
+  }
+  throw new Error(`no reset mail reached ${to}`);
+}
+
+const requestReset = (app: Parameters<typeof call>[0], email: string) =>
+  call(app, "POST", `${API}/auth/request-password-reset`, { body: { email } });
+
+describe("password reset", () => {
+  test("mail → reset → old password and refresh tokens dead, new password works; reuse → 400", async () => {
+    const { app, deps } = await makeApp({ SMTP_URL: smtpUrl });
+    const account = await signUp(app, { email: "reset.me@example.com" });
+    const requested = await requestReset(app, "RESET.ME@example.com");
+    expect(requested.status).toBe(202);
+    const token = await resetTokenFor("reset.me@example.com");
+
+    const reset = await call(app, "POST", `${API}/auth/reset-password`, {
+      body: { token, new_password: "brandnew42" },
+    });
+    expect(reset.status).toBe(200);
+    expect(typeof reset.json.message).toBe("string");
+    const rows = await deps.db.orm
+      .select()
+      .from(usedPasswordResetTokens)
+      .where(eq(usedPasswordResetTokens.userId, account.user.id));
+    expect(rows).toHaveLength(1);
+
+    const oldLogin = await call(app, "POST", `${API}/auth/login`, {
+      body: { username: account.user.username, password: account.password },
+    });
+    expect(oldLogin.status).toBe(401);
+    await login(app, account.user.username, "brandnew42");
+    expect((await call(app, "POST", `${API}/auth/refresh`, { body: { refresh_token: account.refresh } })).status).toBe(
+      401,
+    );
+
+    const reuse = await call(app, "POST", `${API}/auth/reset-password`, { body: { token, new_password: "another42" } });
+    expect(reuse.status).toBe(400);
+    expect(reuse.json.error.code).toBe("BAD_REQUEST");
+    await login(app, account.user.username, "brandnew42");
+  });
+
+  test("unknown email → the same 202 and no mail", async () => {
+    const { app } = await makeApp({ SMTP_URL: smtpUrl });
+    await signUp(app, { email: "known.person@example.com" });
+    const before = inbox.length;
+    const unknown = await requestReset(app, "nobody@example.com");
+    const known = await requestReset(app, "known.person@example.com");
+    expect(unknown.status).toBe(202);
+    expect(unknown.json).toEqual(known.json);
+    await resetTokenFor("known.person@example.com");
+    expect(inbox.slice(before).some((m) => m.includes("nobody@example.com"))).toBe(false);
+  });
+
+  test("expired, forged or non-reset tokens → 400; a weak new password → 422", async () => {
+    const { app, deps } = await makeApp();
+    const account = await signUp(app);
+    const key = new TextEncoder().encode(deps.config.secretKey);
+    const now = Math.floor(Date.now() / 1000);
+    const expired = await new SignJWT({ type: "reset", username: account.user.username, role: "user" })
+      .setProtectedHeader({ alg: "HS256" })
+      .setSubject(account.user.id)
+      .setJti(crypto.randomUUID())
+      .setIssuedAt(now - 7200)
+      .setExpirationTime(now - 3600)
+      .sign(key);
+    for (const token of [expired, "garbage", account.access, account.refresh]) {
+      const res = await call(app, "POST", `${API}/auth/reset-password`, {
+        body: { token, new_password: "brandnew42" },
+      });
+      expect(res.status).toBe(400);
+    }
+    const weak = await call(app, "POST", `${API}/auth/reset-password`, { body: { token: "x", new_password: "short" } });
+    expect(weak.status).toBe(422);
+  });
+
+  test("without SMTP the link goes to the log outside production, never in production", async () => {
+    const dev = await makeApp({ ENVIRONMENT: "development", SECRET_KEY: "d".repeat(40) });
+    await signUp(dev.app, { email: "dev.user@example.com" });
+    await requestReset(dev.app, "dev.user@example.com");
+    await Bun.sleep(20);
+    expect(dev.logs.some((line) => line.includes("dev.user@example.com") && line.includes("token="))).toBe(true);
+
+    const prod = await makeApp({ ENVIRONMENT: "production", SECRET_KEY: "p".repeat(40) });
+    await signUp(prod.app, { email: "prod.user@example.com" });
+    await requestReset(prod.app, "prod.user@example.com");
+    await Bun.sleep(20);
+    expect(prod.logs.some((line) => line.includes("token="))).toBe(false);
+  });
+});
