@@ -127,7 +127,7 @@ export function createApp(deps: AppDeps) {
         .use(authRoutes({ auth, users, guard, limits, rules: config.rateLimits }))
         .use(usersRoutes({ users, guard })),
     );
-  return app.use(openapiRoute(app, DOCUMENTATION, { formBodies: [`${API_PREFIX}/auth/login`] }));
+  return app.use(openapiRoute(app, DOCUMENTATION, { formBodies: [`${API_PREFIX}/auth/login`], apiPrefix: API_PREFIX }));
 }
 
 export type App = ReturnType<typeof createApp>;

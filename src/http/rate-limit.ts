@@ -6,8 +6,8 @@ import { type ClientServer, clientIp } from "./request-context";
 
 type Headers = Record<string, string | number>;
 
-/** Paths never limited: probes must answer however often a load balancer asks. */
-const EXEMPT = /^\/api\/v1\/health(\/|$)/;
+/** Health probes: never limited (a load balancer asks as often as it likes) and never touching the store. */
+export const isProbePath = (path: string) => /^\/api\/v1\/health(\/|$)/.test(path);
 
 /**
  * `enforce` counts one request against a rule and sets X-RateLimit-* (429 with Retry-After when over);
@@ -32,7 +32,7 @@ export function rateLimits(limiter: RateLimiter, config: Pick<Config, "rateLimit
   const plugin = new Elysia({ name: "rate-limit" }).onRequest(async ({ request, server, set }) => {
     if (!enabled) return;
     const path = new URL(request.url).pathname;
-    if (!path.startsWith("/api/") || EXEMPT.test(path)) return;
+    if (!path.startsWith("/api/") || isProbePath(path)) return;
     await enforce(set, "default", ipOf(request, server), config.rateLimits.default);
   });
 
