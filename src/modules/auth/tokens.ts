@@ -40,21 +40,30 @@ export function createTokenService(
     | "PASSWORD_RESET_EXPIRE_MINUTES"
   >,
 ) {
-  const key = new TextEncoder().encode(config.secretKey);
+  // Imported once: handing jose raw bytes would import the key again on every sign and verify.
+  let cryptoKey: Promise<CryptoKey> | undefined;
+  const key = () =>
+    (cryptoKey ??= crypto.subtle.importKey(
+      "raw",
+      new TextEncoder().encode(config.secretKey),
+      { name: "HMAC", hash: `SHA-${config.ALGORITHM.slice(2)}` },
+      false,
+      ["sign", "verify"],
+    ));
   const lifetimes: Record<TokenType, number> = {
     access: config.ACCESS_TOKEN_EXPIRE_MINUTES * 60,
     refresh: config.REFRESH_TOKEN_EXPIRE_DAYS * 86_400,
     reset: config.PASSWORD_RESET_EXPIRE_MINUTES * 60,
   };
 
-  function sign(subject: Subject, type: TokenType, jti: string, sid?: string): Promise<string> {
+  async function sign(subject: Subject, type: TokenType, jti: string, sid?: string): Promise<string> {
     return new SignJWT({ username: subject.username, role: subject.role, type, ...(sid ? { sid } : {}) })
       .setProtectedHeader({ alg: config.ALGORITHM, typ: "JWT" })
       .setSubject(subject.id)
       .setJti(jti)
       .setIssuedAt()
       .setExpirationTime(`${lifetimes[type]}s`)
-      .sign(key);
+      .sign(await key());
   }
 
   return {
@@ -74,7 +83,7 @@ export function createTokenService(
     async verify(token: string, type: TokenType): Promise<Claims> {
       let payload: Record<string, unknown>;
       try {
-        ({ payload } = await jwtVerify(token, key, { algorithms: [config.ALGORITHM] }));
+        ({ payload } = await jwtVerify(token, await key(), { algorithms: [config.ALGORITHM] }));
       } catch (error) {
         if (error instanceof joseErrors.JWTExpired) throw errors.unauthenticated("TOKEN_EXPIRED", "Token has expired");
         throw errors.unauthenticated("INVALID_TOKEN", "Invalid token");
