@@ -131,12 +131,15 @@ export interface Account {
 let accountSeq = 0;
 
 /** Registers a user and logs in; returns the user and its tokens. */
-export async function signUp(app: Handler, fields: { username?: string; email?: string; password?: string } = {}) {
+export async function signUp(
+  app: Handler,
+  fields: { username?: string; email?: string; password?: string; name?: string } = {},
+) {
   accountSeq += 1;
   const username = fields.username ?? `user${accountSeq}_${crypto.randomUUID().slice(0, 8)}`;
   const password = fields.password ?? "secret123";
   const registered = await call(app, "POST", "/api/v1/auth/register", {
-    body: { username, email: fields.email ?? `${username}@example.com`, password },
+    body: { username, email: fields.email ?? `${username}@example.com`, password, name: fields.name },
   });
   if (registered.status !== 201) throw new Error(`register failed: ${registered.status} ${registered.text}`);
   const tokens = await login(app, username, password);

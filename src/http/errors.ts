@@ -135,7 +135,17 @@ export function isDatabaseUnavailable(error: unknown): boolean {
   return code !== undefined && (UNAVAILABLE_CODES.has(code) || code.startsWith("08"));
 }
 
-function toAppError(error: unknown): AppError | undefined {
+/**
+ * Elysia coerces numeric query parameters one by one and, when a coerced value breaks its bounds,
+ * reports it without the parameter's name; recover the name from the query string.
+ */
+function fieldOfCoercedValue(error: ValidationError, request: Request): string {
+  const offending = String(error.value);
+  for (const [name, value] of new URL(request.url).searchParams) if (value === offending) return name;
+  return "query";
+}
+
+function toAppError(error: unknown, request: Request): AppError | undefined {
   if (error instanceof AppError) return error;
   if (error instanceof ValidationError) {
     if (error.type === "response") return undefined;
@@ -143,7 +153,8 @@ function toAppError(error: unknown): AppError | undefined {
       const path = "path" in issue && issue.path ? issue.path.replace(/^\//, "").replaceAll("/", ".") : "";
       const custom = "schema" in issue ? (issue.schema as { error?: unknown }).error : undefined;
       const message = typeof custom === "string" ? custom : "message" in issue ? issue.message : undefined;
-      return { field: path || error.type, issue: message ?? "Invalid value" };
+      const field = path || (error.type === "property" ? fieldOfCoercedValue(error, request) : error.type);
+      return { field, issue: message ?? "Invalid value" };
     });
     // One entry per field: TypeBox reports a union's every branch.
     const unique = details.filter((d, i) => details.findIndex((o) => o.field === d.field) === i);
@@ -181,7 +192,7 @@ export function errorBody(error: AppError, requestId: string) {
 export function errorMapper(logger: Logger) {
   return new Elysia({ name: "error-mapper" }).onError({ as: "global" }, ({ error, code, set, request, route }) => {
     const requestId = String(set.headers["x-request-id"] ?? "");
-    let mapped = toAppError(error);
+    let mapped = toAppError(error, request);
     // Elysia's own 404 carries code NOT_FOUND without a NotFoundError instance in some paths.
     if (!mapped && code === "NOT_FOUND") mapped = errors.notFound();
     if (!mapped) {

@@ -85,9 +85,10 @@ export function createUsersService(deps: {
     },
 
     async update(id: string, changes: ProfileChanges): Promise<PublicUser> {
-      await refuseTaken({ username: changes.username, email: changes.email }, id);
-      const { is_active: isActive, ...rest } = changes;
-      const user = await apply(id, { ...rest, ...(isActive === undefined ? {} : { isActive }) });
+      const { username, email, name, bio, role, is_active: isActive } = changes;
+      await refuseTaken({ username, email }, id);
+      // Named one by one, so nothing else a body might carry can reach the row (undefined = unchanged).
+      const user = await apply(id, { username, email, name, bio, role, isActive });
       if (isActive === false) await revocation.revokeUserSessions(id);
       return user;
     },
