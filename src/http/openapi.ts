@@ -56,7 +56,8 @@ function repair(document: Document, app: AnyElysia, options: OpenApiOptions): Do
   );
   for (const [path, operations] of Object.entries(document.paths)) {
     for (const [method, operation] of Object.entries(operations)) {
-      const responses = (operation.responses ??= {});
+      operation.responses ??= {};
+      const responses = operation.responses;
       // A no-content response (204) must not carry `content`.
       for (const response of Object.values(responses)) {
         if (response.content && "type" in response.content) delete response.content;

@@ -15,7 +15,7 @@ function relay(target: URL) {
   let server: net.Server | undefined;
   const open = (port: number) =>
     new Promise<number>((resolve) => {
-      server = net.createServer((client) => {
+      const listener = net.createServer((client) => {
         const upstream = net.connect(Number(target.port || 5432), target.hostname);
         for (const socket of [client, upstream]) {
           sockets.add(socket);
@@ -27,7 +27,8 @@ function relay(target: URL) {
         }
         client.pipe(upstream).pipe(client);
       });
-      server.listen(port, "127.0.0.1", () => resolve((server?.address() as net.AddressInfo).port));
+      server = listener;
+      listener.listen(port, "127.0.0.1", () => resolve((listener.address() as net.AddressInfo).port));
     });
   const cut = () =>
     new Promise<void>((resolve) => {
