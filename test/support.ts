@@ -1,4 +1,5 @@
 import { sql } from "drizzle-orm";
+import postgres from "postgres";
 import { type AppDeps, createApp } from "../src/app";
 import { type Config, loadConfig } from "../src/config";
 import { connectPostgres, type Database, openPglite } from "../src/db/client";
@@ -9,6 +10,22 @@ import { createLogger, type Logger } from "../src/platform/logger";
 /** The run's database: real Postgres when TEST_DATABASE_URL is set, in-memory PGlite otherwise. */
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL;
 export const TEST_REDIS_URL = process.env.TEST_REDIS_URL;
+
+/** A new, empty Postgres database beside TEST_DATABASE_URL's, for tests that need one to themselves. */
+export async function scratchPostgres(label: string): Promise<{ url: string; drop: () => Promise<void> }> {
+  const name = `rp_${label}_${crypto.randomUUID().replaceAll("-", "")}`;
+  const admin = postgres(TEST_DATABASE_URL as string, { max: 1, onnotice: () => {} });
+  await admin.unsafe(`create database ${name}`);
+  const url = new URL(TEST_DATABASE_URL as string);
+  url.pathname = `/${name}`;
+  return {
+    url: url.toString(),
+    drop: async () => {
+      await admin.unsafe(`drop database if exists ${name} with (force)`);
+      await admin.end();
+    },
+  };
+}
 
 let shared: Promise<Database> | undefined;
 

@@ -39,8 +39,9 @@ export const BEARER_SECURITY: Record<string, string[]>[] = [{ bearerAuth: [] }, 
 export function authGuard(authenticate: (authorization: string | undefined) => Promise<Principal>) {
   return new Elysia({ name: "auth-guard" }).macro({
     auth: (requirement: AuthRequirement) => ({
-      async resolve({ headers }) {
-        const principal = await authenticate(headers.authorization);
+      // Read from the request itself: in the compiled binary Elysia's static analysis misses `headers` here.
+      async resolve({ request }) {
+        const principal = await authenticate(request.headers.get("authorization") ?? undefined);
         const { role } = principal.user;
         if (requirement.role && role !== requirement.role) throw errors.forbidden();
         if (requirement.permission && !hasPermission(role, requirement.permission)) throw errors.forbidden();

@@ -1,10 +1,9 @@
 import { describe, expect, test } from "bun:test";
 import { readdirSync } from "node:fs";
 import { sql } from "drizzle-orm";
-import postgres from "postgres";
 import { connectPostgres, type Database, openPglite } from "../../src/db/client";
 import { migrationsApplied, migrationsDir, runMigrations } from "../../src/db/migrate";
-import { TEST_DATABASE_URL } from "../support";
+import { scratchPostgres, TEST_DATABASE_URL } from "../support";
 
 const migrationCount = readdirSync(migrationsDir()).filter((name) => name.endsWith(".sql")).length;
 
@@ -14,22 +13,17 @@ async function emptyDatabase(): Promise<{ open: () => Database | Promise<Databas
     const db = await openPglite("memory://");
     return { open: () => db, dispose: () => db.close() };
   }
-  const name = `rp_migrate_${crypto.randomUUID().replaceAll("-", "")}`;
-  const admin = postgres(TEST_DATABASE_URL, { max: 1, onnotice: () => {} });
-  await admin.unsafe(`create database ${name}`);
-  const url = new URL(TEST_DATABASE_URL);
-  url.pathname = `/${name}`;
+  const scratch = await scratchPostgres("migrate");
   const opened: Database[] = [];
   return {
     open: () => {
-      const db = connectPostgres({ url: url.toString(), max: 2 });
+      const db = connectPostgres({ url: scratch.url, max: 2 });
       opened.push(db);
       return db;
     },
     dispose: async () => {
       await Promise.all(opened.map((db) => db.close()));
-      await admin.unsafe(`drop database if exists ${name} with (force)`);
-      await admin.end();
+      await scratch.drop();
     },
   };
 }

@@ -75,8 +75,8 @@ export function authRoutes(deps: {
     )
     .post(
       "/refresh",
-      ({ body, headers }) => {
-        const token = body?.refresh_token ?? bearerToken(headers.authorization);
+      ({ body, request }) => {
+        const token = body?.refresh_token ?? bearerToken(request.headers.get("authorization") ?? undefined);
         if (!token) throw errors.unauthenticated("AUTHENTICATION_REQUIRED", "Refresh token required");
         return auth.refresh(token);
       },
