@@ -7,7 +7,7 @@ import { docsRoutes } from "./http/docs";
 import { errorMapper } from "./http/errors";
 import { openapiRoute } from "./http/openapi";
 import { rateLimits } from "./http/rate-limit";
-import { requestContext } from "./http/request-context";
+import { type InFlight, requestContext } from "./http/request-context";
 import { createAuthRepo } from "./modules/auth/repo";
 import { createRevocation } from "./modules/auth/revocation";
 import { authRoutes } from "./modules/auth/routes";
@@ -30,6 +30,8 @@ export interface AppDeps {
   db: Database;
   kv: KeyValueStore;
   logger: Logger;
+  /** Counts running handlers, for a graceful shutdown. */
+  inFlight?: InFlight;
   /** Defaults to SMTP_URL's server, or the log outside production. */
   mailer?: Mailer;
   startedAt?: number;
@@ -101,7 +103,7 @@ export function createApp(deps: AppDeps) {
 
   const app = new Elysia()
     .use(errorMapper(logger))
-    .use(requestContext({ logger, trustProxy: config.TRUST_PROXY }))
+    .use(requestContext({ logger, trustProxy: config.TRUST_PROXY, inFlight: deps.inFlight }))
     .use(limits.plugin)
     .use(
       cors({

@@ -77,9 +77,9 @@ async function createAdminCommand(config: Config, logger: Logger, username?: str
 async function serveCommand(config: Config, logger: Logger) {
   const startedAt = Date.now();
   const db = await openDatabase(config);
-  const applied = await runMigrations(db);
-  const kv = await createStore(config.REDIS_URL, logger);
-  const app = createApp({ config, db, kv, logger, startedAt }).listen({
+  const [applied, kv] = await Promise.all([runMigrations(db), createStore(config.REDIS_URL, logger)]);
+  const inFlight = { count: 0 };
+  const app = createApp({ config, db, kv, logger, startedAt, inFlight }).listen({
     port: config.PORT,
     hostname: config.HOST,
     // Our own limits answer first with the contract's 413; this only stops runaway bodies.
@@ -101,11 +101,13 @@ async function serveCommand(config: Config, logger: Logger) {
   const shutdown = async (signal: string) => {
     if (stopping) return;
     stopping = true;
-    logger.info("shutting down", { signal });
-    const drained = server.stop(false).then(() => true);
-    const timedOut = Bun.sleep(config.SHUTDOWN_TIMEOUT_SECONDS * 1000).then(() => false);
-    if (!(await Promise.race([drained, timedOut]))) {
-      logger.warn("in-flight requests cut off after timeout", { seconds: config.SHUTDOWN_TIMEOUT_SECONDS });
+    logger.info("shutting down", { signal, in_flight: inFlight.count });
+    const deadline = Date.now() + config.SHUTDOWN_TIMEOUT_SECONDS * 1000;
+    // Stop accepting, then let running handlers finish (also those whose client already left).
+    await Promise.race([server.stop(false), Bun.sleep(config.SHUTDOWN_TIMEOUT_SECONDS * 1000)]);
+    while (inFlight.count > 0 && Date.now() < deadline) await Bun.sleep(20);
+    if (inFlight.count > 0) {
+      logger.warn("in-flight requests cut off after timeout", { in_flight: inFlight.count });
       await server.stop(true);
     }
     await Promise.allSettled([db.close(), kv.close()]);

@@ -16,6 +16,8 @@ export function migrationsDir(): string {
 
 /** Applies pending migrations; safe when several instances start at once. Returns how many were pending. */
 export async function runMigrations(db: Database): Promise<number> {
+  // The usual start: nothing pending, so no need for the lock's extra connection.
+  if (await migrationsApplied(db)) return 0;
   const migrationsFolder = migrationsDir();
   return db.exclusive(MIGRATION_LOCK_KEY, async (orm) => {
     const before = await appliedCount(db);

@@ -6,9 +6,15 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 export const DEFAULT_CSP = "default-src 'self'";
 const JSON_BODY_LIMIT = 1024 * 1024;
 
+/** Handlers still running; a client that hung up does not stop its handler, so shutdown waits on this. */
+export interface InFlight {
+  count: number;
+}
+
 export interface RequestContextOptions {
   logger: Logger;
   trustProxy: boolean;
+  inFlight?: InFlight;
 }
 
 /** Reads a text body, refusing it with 413 as soon as it passes `limit` bytes (no Content-Length is trusted). */
@@ -50,6 +56,7 @@ export function requestContext(options: RequestContextOptions) {
   const started = new WeakMap<Request, number>();
   return new Elysia({ name: "request-context" })
     .onRequest(({ request, set }) => {
+      if (options.inFlight) options.inFlight.count++;
       started.set(request, performance.now());
       const incoming = request.headers.get("x-request-id");
       set.headers["x-request-id"] = incoming && REQUEST_ID.test(incoming) ? incoming : crypto.randomUUID();
@@ -75,6 +82,7 @@ export function requestContext(options: RequestContextOptions) {
       }
     })
     .onAfterResponse({ as: "global" }, ({ request, set, route }) => {
+      if (options.inFlight) options.inFlight.count--;
       const start = started.get(request);
       options.logger.info("request", {
         method: request.method,

@@ -78,6 +78,19 @@ export class MemoryStore implements KeyValueStore {
   }
 }
 
+/** Parsed with the WHATWG URL API: handing ioredis the string makes it call the deprecated url.parse(). */
+function connectionOptions(url: string) {
+  const parsed = new URL(url);
+  return {
+    host: parsed.hostname,
+    port: Number(parsed.port || 6379),
+    username: decodeURIComponent(parsed.username) || undefined,
+    password: decodeURIComponent(parsed.password) || undefined,
+    db: Number(parsed.pathname.slice(1) || 0),
+    tls: parsed.protocol === "rediss:" ? {} : undefined,
+  };
+}
+
 // INCR and set the window's expiry in one atomic step, so a crash cannot leave a counter without TTL.
 const HIT_SCRIPT = `
 local count = redis.call('INCR', KEYS[1])
@@ -89,7 +102,8 @@ export class RedisStore implements KeyValueStore {
   private readonly redis: Redis;
 
   constructor(url: string, logger: Logger) {
-    this.redis = new Redis(url, {
+    this.redis = new Redis({
+      ...connectionOptions(url),
       keyPrefix: "rp:",
       lazyConnect: true,
       enableAutoPipelining: true,

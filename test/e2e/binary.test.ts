@@ -73,7 +73,8 @@ describe("the compiled binary", () => {
         DATA_DIR: join(dir, "data"),
         PORT: String(port),
         HOST: "127.0.0.1",
-        BCRYPT_ROUNDS: "4",
+        // Slow enough (~80 ms a hash) that a login is still running when SIGTERM arrives.
+        BCRYPT_ROUNDS: "10",
         ENVIRONMENT: "production",
         SECRET_KEY: "e2e-secret-e2e-secret-e2e-secret-e2e-secret",
       };
@@ -153,9 +154,13 @@ describe("the compiled binary", () => {
         expect(lines.some((line) => line.includes(username))).toBe(true);
       });
 
-      test("SIGTERM → exits 0", async () => {
+      test("SIGTERM lets the running request finish, then exits 0", async () => {
+        const login = api("/auth/login", json({ username: "root", password: ADMIN_PASSWORD }));
+        await Bun.sleep(20);
         server?.kill("SIGTERM");
+        expect((await login).status).toBe(200);
         expect(await server?.exited).toBe(0);
+        expect(await fetch(`${base}/api/v1/health/live`).catch(() => "refused")).toBe("refused");
       });
     });
   }
