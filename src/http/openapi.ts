@@ -1,8 +1,17 @@
 import { toOpenAPISchema } from "@elysiajs/openapi";
-import { OptionalKind } from "@sinclair/typebox";
+import { FormatRegistry, OptionalKind } from "@sinclair/typebox";
 import { type AnyElysia, Elysia } from "elysia";
+import { fullFormats } from "elysia/type-system/format";
 import { ErrorBody } from "./errors";
 import { isProbePath } from "./rate-limit";
+
+// Importing @elysiajs/openapi replaces TypeBox's string formats (uuid, email, url, ...) with checks that
+// build a valibot/zod schema on every call, which made each validated request several times slower.
+// Put Elysia's own (regex) checks back; the generator does not need them.
+for (const [name, check] of Object.entries(fullFormats)) {
+  if (check instanceof RegExp) FormatRegistry.Set(name, (value) => check.test(value));
+  else if (typeof check === "function") FormatRegistry.Set(name, check as (value: string) => boolean);
+}
 
 type Operation = {
   requestBody?: { content: Record<string, unknown>; required?: boolean };

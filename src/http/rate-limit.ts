@@ -2,7 +2,7 @@ import { Elysia } from "elysia";
 import type { Config, RateLimit } from "../config";
 import type { RateLimiter } from "../platform/rate-limiter";
 import { errors } from "./errors";
-import { type ClientServer, clientIp } from "./request-context";
+import { type ClientServer, clientIp, pathOf } from "./request-context";
 
 type Headers = Record<string, string | number>;
 
@@ -29,11 +29,12 @@ export function rateLimits(limiter: RateLimiter, config: Pick<Config, "rateLimit
     if (!decision.allowed) throw errors.rateLimited(decision.resetSeconds, headers);
   }
 
-  const plugin = new Elysia({ name: "rate-limit" }).onRequest(async ({ request, server, set }) => {
+  // Not async: most requests that skip the limiter should not pay for a promise.
+  const plugin = new Elysia({ name: "rate-limit" }).onRequest(({ request, server, set }) => {
     if (!enabled) return;
-    const path = new URL(request.url).pathname;
+    const path = pathOf(request.url);
     if (!path.startsWith("/api/") || isProbePath(path)) return;
-    await enforce(set, "default", ipOf(request, server), config.rateLimits.default);
+    return enforce(set, "default", ipOf(request, server), config.rateLimits.default);
   });
 
   return { plugin, enforce, ipOf };

@@ -32,6 +32,13 @@ async function readCapped(request: Request, limit: number): Promise<string> {
 
 export type ClientServer = { requestIP(request: Request): { address: string } | null } | null;
 
+/** The path of a request URL, without the cost of parsing it whole. */
+export function pathOf(url: string): string {
+  const start = url.indexOf("/", url.indexOf("//") + 2);
+  const query = url.indexOf("?", start);
+  return url.slice(start, query === -1 ? undefined : query);
+}
+
 /** The socket's peer, or with TRUST_PROXY the address our one trusted proxy appended last to X-Forwarded-For. */
 export function clientIp(request: Request, server: ClientServer, trustProxy: boolean): string {
   if (trustProxy) {
@@ -54,16 +61,19 @@ function isHttps(request: Request, trustProxy: boolean): boolean {
  */
 export function requestContext(options: RequestContextOptions) {
   const started = new WeakMap<Request, number>();
+  const accessLog = options.logger.enabled("info");
   return new Elysia({ name: "request-context" })
+    .headers({
+      "x-content-type-options": "nosniff",
+      "x-frame-options": "DENY",
+      "referrer-policy": "no-referrer",
+      "content-security-policy": DEFAULT_CSP,
+    })
     .onRequest(({ request, set }) => {
       if (options.inFlight) options.inFlight.count++;
-      started.set(request, performance.now());
+      if (accessLog) started.set(request, performance.now());
       const incoming = request.headers.get("x-request-id");
       set.headers["x-request-id"] = incoming && REQUEST_ID.test(incoming) ? incoming : crypto.randomUUID();
-      set.headers["x-content-type-options"] = "nosniff";
-      set.headers["x-frame-options"] = "DENY";
-      set.headers["referrer-policy"] = "no-referrer";
-      set.headers["content-security-policy"] = DEFAULT_CSP;
       if (isHttps(request, options.trustProxy)) {
         set.headers["strict-transport-security"] = "max-age=31536000; includeSubDomains";
       }
@@ -83,6 +93,7 @@ export function requestContext(options: RequestContextOptions) {
     })
     .onAfterResponse({ as: "global" }, ({ request, set, route }) => {
       if (options.inFlight) options.inFlight.count--;
+      if (!accessLog) return;
       const start = started.get(request);
       options.logger.info("request", {
         method: request.method,

@@ -2,6 +2,7 @@ export type LogLevel = "debug" | "info" | "warn" | "error" | "silent";
 type Fields = Record<string, unknown>;
 
 export interface Logger {
+  enabled(level: Exclude<LogLevel, "silent">): boolean;
   debug(msg: string, fields?: Fields): void;
   info(msg: string, fields?: Fields): void;
   warn(msg: string, fields?: Fields): void;
@@ -44,6 +45,7 @@ export function createLogger(options: {
     write(`${time} ${level.toUpperCase().padEnd(5)} ${msg}${extra ? ` ${extra}` : ""}`);
   };
   return {
+    enabled: (level) => RANK[level] >= threshold,
     debug: (msg, fields) => emit("debug", msg, fields),
     info: (msg, fields) => emit("info", msg, fields),
     warn: (msg, fields) => emit("warn", msg, fields),
