@@ -1,8 +1,8 @@
-import { cors } from "@elysiajs/cors";
 import { Elysia } from "elysia";
 import { type Config, VERSION } from "./config";
 import type { Database } from "./db/client";
 import { authGuard } from "./http/auth";
+import { cors } from "./http/cors";
 import { docsRoutes } from "./http/docs";
 import { errorMapper } from "./http/errors";
 import { openapiRoute } from "./http/openapi";
@@ -61,10 +61,6 @@ const DOCUMENTATION = {
   },
 };
 
-function corsOrigin(allowed: string[]): boolean | string[] {
-  return allowed.includes("*") ? true : allowed;
-}
-
 /** The application's services, wired once; the CLI uses them without HTTP. */
 export function createServices(deps: AppDeps) {
   const { config, db, kv, logger } = deps;
@@ -105,23 +101,7 @@ export function createApp(deps: AppDeps) {
     .use(errorMapper(logger))
     .use(requestContext({ logger, trustProxy: config.TRUST_PROXY, inFlight: deps.inFlight }))
     .use(limits.plugin)
-    .use(
-      cors({
-        origin: corsOrigin(config.allowedOrigins),
-        allowedHeaders: ["Authorization", "Content-Type", "X-Request-ID"],
-        exposeHeaders: [
-          "X-Request-ID",
-          "Content-Disposition",
-          "X-RateLimit-Limit",
-          "X-RateLimit-Remaining",
-          "X-RateLimit-Reset",
-          "Retry-After",
-        ],
-        methods: ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-        credentials: false,
-        maxAge: 600,
-      }),
-    )
+    .use(cors(config.allowedOrigins))
     .use(docsRoutes)
     .group(API_PREFIX, (api) =>
       api

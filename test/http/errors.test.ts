@@ -122,6 +122,14 @@ describe("response headers", () => {
     expect(simple.headers.get("access-control-expose-headers")).toContain("Retry-After");
     const other = await call(app, "GET", "/api/v1/health/live", { headers: { origin: "https://evil.example" } });
     expect(other.headers.get("access-control-allow-origin")).toBeNull();
+    const otherPreflight = await call(app, "OPTIONS", "/api/v1/health", {
+      headers: { origin: "https://evil.example", "access-control-request-method": "POST" },
+    });
+    expect(otherPreflight.headers.get("access-control-allow-origin")).toBeNull();
+    // Not a CORS request: no grants, but caches are told the answer depends on Origin.
+    const plain = await call(app, "GET", "/api/v1/health/live");
+    expect([...plain.headers.keys()].filter((name) => name.startsWith("access-control-"))).toEqual([]);
+    expect(plain.headers.get("vary")).toBe("Origin");
   });
 
   test("one JSON access-log line per request with the route template", async () => {

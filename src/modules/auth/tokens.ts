@@ -30,6 +30,8 @@ export interface Subject {
   role: Role;
 }
 
+const VERIFIED_CACHE_SIZE = 10_000;
+
 export function createTokenService(
   config: Pick<
     Config,
@@ -66,6 +68,10 @@ export function createTokenService(
       .sign(await key());
   }
 
+  // A token's signature check gives the same answer every time: remember recent ones (revocation is
+  // checked separately on every request; expiry is re-checked on every hit).
+  const verified = new Map<string, Claims>();
+
   return {
     lifetimes,
 
@@ -81,6 +87,8 @@ export function createTokenService(
 
     /** Verifies signature, algorithm (only the configured one: never `none`), expiry and the token's `type`. */
     async verify(token: string, type: TokenType): Promise<Claims> {
+      const known = verified.get(token);
+      if (known && known.type === type && known.exp * 1000 > Date.now()) return known;
       let payload: Record<string, unknown>;
       try {
         ({ payload } = await jwtVerify(token, await key(), { algorithms: [config.ALGORITHM] }));
@@ -95,7 +103,10 @@ export function createTokenService(
         typeof payload.exp === "number" &&
         (type === "reset" || typeof payload.sid === "string");
       if (!wellFormed) throw errors.unauthenticated("INVALID_TOKEN", `Not a valid ${type} token`);
-      return payload as unknown as Claims;
+      const claims = payload as unknown as Claims;
+      if (verified.size >= VERIFIED_CACHE_SIZE) verified.delete(verified.keys().next().value as string);
+      verified.set(token, claims);
+      return claims;
     },
   };
 }
