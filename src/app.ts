@@ -100,8 +100,9 @@ export function createApp(deps: AppDeps) {
   const app = new Elysia()
     .use(errorMapper(logger))
     .use(requestContext({ logger, trustProxy: config.TRUST_PROXY, inFlight: deps.inFlight }))
-    .use(limits.plugin)
+    // CORS before the limiter, so a browser can read a 429 too.
     .use(cors(config.allowedOrigins))
+    .use(limits.plugin)
     .use(docsRoutes)
     .group(API_PREFIX, (api) =>
       api
@@ -111,5 +112,3 @@ export function createApp(deps: AppDeps) {
     );
   return app.use(openapiRoute(app, DOCUMENTATION, { formBodies: [`${API_PREFIX}/auth/login`], apiPrefix: API_PREFIX }));
 }
-
-export type App = ReturnType<typeof createApp>;

@@ -67,9 +67,11 @@ describe("rate limits", () => {
     const first = await call(app, "GET", `${API}/users/me`);
     expect(first.headers.get("x-ratelimit-limit")).toBe("2");
     await call(app, "GET", `${API}/users/me`);
-    const third = await call(app, "GET", `${API}/users/me`);
+    const third = await call(app, "GET", `${API}/users/me`, { headers: { origin: "http://localhost:5173" } });
     expect(third.status).toBe(429);
     expect(third.headers.get("retry-after")).not.toBeNull();
+    // A browser app can read the 429 (and its Retry-After) only if it carries the CORS grant.
+    expect(third.headers.get("access-control-allow-origin")).toBe("http://localhost:5173");
     for (let i = 0; i < 5; i++) expect((await call(app, "GET", `${API}/health/live`)).status).toBe(200);
 
     const { app: open } = await makeApp({ RATE_LIMIT_ENABLED: "false", RATE_LIMIT_DEFAULT: "1/minute" });
