@@ -32,6 +32,9 @@ describe("GET /users/export", () => {
     expect(res.status).toBe(200);
     expect(res.headers.get("content-type")).toBe("text/csv; charset=utf-8");
     expect(res.headers.get("content-disposition")).toBe('attachment; filename="users.csv"');
+    // A streamed Response still carries the per-request headers.
+    expect(res.headers.get("x-request-id")).toBeTruthy();
+    expect(res.headers.get("x-content-type-options")).toBe("nosniff");
 
     const records = csvRecords(res.text);
     expect(records).toHaveLength(1201);
