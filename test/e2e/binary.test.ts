@@ -48,6 +48,19 @@ describe("the compiled binary", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
+  test("migrate applies the embedded migrations once, then nothing", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "rp-bin-"));
+    const env = { DATA_DIR: join(dir, "data"), LOG_LEVEL: "info", ENVIRONMENT: "development" };
+    const applied = async () => {
+      const result = await finished(run(["migrate"], env, dir));
+      expect(result.code).toBe(0);
+      return JSON.parse(result.stdout.trim().split("\n").at(-1) as string).applied;
+    };
+    expect(await applied()).toBeGreaterThan(0);
+    expect(await applied()).toBe(0);
+    rmSync(dir, { recursive: true, force: true });
+  }, 30_000);
+
   // The embedded database always; Postgres (a database of its own) + Redis when the run has them.
   const kinds: [string, () => Promise<{ env: Record<string, string>; drop?: () => Promise<void> }>][] = [
     ["embedded database", async () => ({ env: {} })],
