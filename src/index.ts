@@ -4,7 +4,7 @@ import { parseArgs } from "node:util";
 import { Value } from "@sinclair/typebox/value";
 import { createApp, createServices } from "./app";
 import { type Config, ConfigError, loadConfig, readEnvironment, VERSION } from "./config";
-import { connectPostgres, type Database, openPglite } from "./db/client";
+import { connectPostgres, type Database, DatabaseInUseError, openPglite } from "./db/client";
 import { runMigrations } from "./db/migrate";
 import { AppError } from "./http/errors";
 import { AdminCreateBody } from "./modules/users/model";
@@ -156,7 +156,7 @@ main(process.argv.slice(2)).catch((error: unknown) => {
     console.error(error.message);
     process.exit(2);
   }
-  if (error instanceof CliError) {
+  if (error instanceof CliError || error instanceof DatabaseInUseError) {
     console.error(error.message);
     process.exit(1);
   }

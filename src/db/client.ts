@@ -1,3 +1,4 @@
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { PGlite } from "@electric-sql/pglite";
 import { sql } from "drizzle-orm";
 import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
@@ -51,7 +52,44 @@ export function connectPostgres(options: PostgresOptions): Database {
 }
 
 /** `dataDir` is a folder (kept across restarts) or "memory://" for a throwaway database. */
+/** Thrown when another process already has the embedded database open. */
+export class DatabaseInUseError extends Error {}
+
+/**
+ * PGlite has no server: two processes on one data dir would corrupt it. A lock file holding the
+ * owner's pid keeps a second one out; a lock left by a dead process is taken over.
+ */
+function lockDataDir(dataDir: string): () => void {
+  const lockFile = `${dataDir}.lock`;
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      writeFileSync(lockFile, String(process.pid), { flag: "wx" });
+      return () => rmSync(lockFile, { force: true });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+      const owner = Number(readFileSync(lockFile, "utf8"));
+      if (owner && owner !== process.pid && isAlive(owner)) {
+        throw new DatabaseInUseError(
+          `the embedded database in ${dataDir} is in use by process ${owner}; stop it first`,
+        );
+      }
+      rmSync(lockFile, { force: true });
+    }
+  }
+  throw new DatabaseInUseError(`could not lock the embedded database in ${dataDir}`);
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
 export async function openPglite(dataDir: string): Promise<Database> {
+  const unlock = dataDir.startsWith("memory://") ? () => {} : lockDataDir(dataDir);
   const [pgliteWasmModule, initdbWasmModule] = await Promise.all([
     WebAssembly.compile(await Bun.file(pgliteWasmPath).arrayBuffer()),
     WebAssembly.compile(await Bun.file(initdbWasmPath).arrayBuffer()),
@@ -66,9 +104,12 @@ export async function openPglite(dataDir: string): Promise<Database> {
   return {
     kind: "pglite",
     orm,
-    // PGlite is single-process: nothing else can hold the database, so no lock is needed.
+    // The data dir's lock file already keeps every other process out.
     exclusive: (_lockKey, work) => work(orm),
-    close: () => client.close(),
+    close: async () => {
+      await client.close();
+      unlock();
+    },
   };
 }
 

@@ -167,6 +167,13 @@ describe("the compiled binary", () => {
         expect(lines.some((line) => line.includes(username))).toBe(true);
       });
 
+      // Postgres serves many processes at once; only the embedded database must refuse a second one.
+      test.skipIf(kind !== "embedded database")("a second process on the embedded database is refused", async () => {
+        const second = await finished(run(["migrate"], env, dir));
+        expect(second.code).toBe(1);
+        expect(second.stderr).toContain("in use by process");
+      });
+
       test("SIGTERM lets the running request finish, then exits 0", async () => {
         const login = api("/auth/login", json({ username: "root", password: ADMIN_PASSWORD }));
         await Bun.sleep(20);
