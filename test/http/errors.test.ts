@@ -2,6 +2,9 @@ import { describe, expect, test } from "bun:test";
 import { t } from "elysia";
 import { call, makeApp } from "../support";
 
+/** A per-process random prefix and a sequence number. */
+const GENERATED_ID = /^[0-9a-f]{12}-[0-9a-z]{6,}$/;
+
 const expectErrorShape = (json: any, code: string) => {
   expect(json.error.code).toBe(code);
   expect(typeof json.error.message).toBe("string");
@@ -77,23 +80,26 @@ describe("error mapper", () => {
 });
 
 describe("response headers", () => {
-  test("security headers and a generated request id on every response", async () => {
+  test("security headers and a generated, unique request id on every response", async () => {
     const { app } = await makeApp();
+    const ids = new Set<string | null>();
     for (const path of ["/api/v1/health/live", "/api/v1/missing"]) {
       const res = await call(app, "GET", path);
       expect(res.headers.get("x-content-type-options")).toBe("nosniff");
       expect(res.headers.get("x-frame-options")).toBe("DENY");
       expect(res.headers.get("referrer-policy")).toBe("no-referrer");
       expect(res.headers.get("content-security-policy")).toBe("default-src 'self'");
-      expect(res.headers.get("x-request-id")).toMatch(/^[0-9a-f-]{36}$/);
+      expect(res.headers.get("x-request-id")).toMatch(GENERATED_ID);
+      ids.add(res.headers.get("x-request-id"));
       expect(res.headers.get("strict-transport-security")).toBeNull();
     }
+    expect(ids.size).toBe(2);
   });
 
   test("a malformed incoming request id is replaced", async () => {
     const { app } = await makeApp();
     const res = await call(app, "GET", "/api/v1/health/live", { headers: { "x-request-id": "bad id\u0001<script>" } });
-    expect(res.headers.get("x-request-id")).toMatch(/^[0-9a-f-]{36}$/);
+    expect(res.headers.get("x-request-id")).toMatch(GENERATED_ID);
   });
 
   test("HSTS only over HTTPS or behind a trusted proxy that says so", async () => {
