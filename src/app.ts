@@ -37,7 +37,7 @@ export interface AppDeps {
   startedAt?: number;
 }
 
-export const API_PREFIX = "/api/v1";
+const API_PREFIX = "/api/v1";
 
 const DOCUMENTATION = {
   info: {

@@ -15,7 +15,7 @@ import {
 const timestamptz = (name: string) => timestamp(name, { withTimezone: true, mode: "date" });
 const createdAt = () => timestamptz("created_at").notNull().defaultNow();
 
-export const ROLES = ["user", "admin"] as const;
+const ROLES = ["user", "admin"] as const;
 export type Role = (typeof ROLES)[number];
 
 export const users = pgTable(
@@ -99,4 +99,3 @@ export const usedPasswordResetTokens = pgTable("used_password_reset_tokens", {
 });
 
 export type UserRow = typeof users.$inferSelect;
-export type FileRow = typeof files.$inferSelect;

@@ -12,7 +12,7 @@ const ROLE_PERMISSIONS: Record<Role, ReadonlySet<Permission>> = {
   admin: new Set(["users:read", "users:write", "files:read", "files:write", "files:delete"]),
 };
 
-export const hasPermission = (role: Role, permission: Permission) => ROLE_PERMISSIONS[role].has(permission);
+const hasPermission = (role: Role, permission: Permission) => ROLE_PERMISSIONS[role].has(permission);
 
 export interface Principal {
   user: PublicUser;

@@ -130,7 +130,7 @@ function databaseCause(error: unknown): { code?: string; message: string; constr
   return undefined;
 }
 
-export function isDatabaseUnavailable(error: unknown): boolean {
+function isDatabaseUnavailable(error: unknown): boolean {
   const code = databaseCause(error)?.code;
   return code !== undefined && (UNAVAILABLE_CODES.has(code) || code.startsWith("08"));
 }
@@ -176,7 +176,7 @@ function toAppError(error: unknown, request: Request): AppError | undefined {
   return undefined;
 }
 
-export function errorBody(error: AppError, requestId: string) {
+function errorBody(error: AppError, requestId: string) {
   return {
     error: {
       code: error.errorCode,

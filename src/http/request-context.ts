@@ -3,7 +3,7 @@ import type { Logger } from "../platform/logger";
 import { errors } from "./errors";
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
-export const DEFAULT_CSP = "default-src 'self'";
+const DEFAULT_CSP = "default-src 'self'";
 const JSON_BODY_LIMIT = 1024 * 1024;
 
 /** Handlers still running; a client that hung up does not stop its handler, so shutdown waits on this. */

@@ -1,8 +1,8 @@
 import { t } from "elysia";
 import type { UserRow } from "../../db/schema";
 
-export const USERNAME_RULE = "3 to 50 characters: letters, digits, '_', '.' or '-'";
-export const PASSWORD_RULE = "8 to 128 characters with at least one letter and one digit";
+const USERNAME_RULE = "3 to 50 characters: letters, digits, '_', '.' or '-'";
+const PASSWORD_RULE = "8 to 128 characters with at least one letter and one digit";
 
 export const Username = t.String({
   minLength: 3,
