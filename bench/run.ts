@@ -349,7 +349,7 @@ function formatTable(rows: Row[]): string {
     r.name,
     r.result === "n/a" ? r.note : number(r.measured, r.unit),
     number(r.baseline, r.unit),
-    r.ratio === null ? "-" : r.ratio.toFixed(2),
+    r.ratio === null ? "-" : r.ratio.toFixed(3),
     r.target,
     r.result,
     r.result === "n/a" ? "" : r.note,
