@@ -68,6 +68,14 @@ export function createUsersRepo(orm: Orm) {
       return taken;
     },
 
+    async countActiveAdmins(): Promise<number> {
+      const [row] = await orm
+        .select({ total: count() })
+        .from(users)
+        .where(and(eq(users.role, "admin"), eq(users.isActive, true)));
+      return row?.total ?? 0;
+    },
+
     async insert(user: NewUser): Promise<UserRow> {
       const [row] = await orm.insert(users).values(user).returning();
       return row as UserRow;

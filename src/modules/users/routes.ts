@@ -60,8 +60,11 @@ export function usersRoutes(deps: { users: UsersService; guard: AuthGuard }) {
       },
       {
         auth: requireAuth,
-        response: { 204: t.Void(), ...errorResponses(401) },
-        detail: secured("Deactivate my account", "Every token of the account stops working at once."),
+        response: { 204: t.Void(), ...errorResponses(401, 409) },
+        detail: secured(
+          "Deactivate my account",
+          "Every token of the account stops working at once. 409 for the last active admin.",
+        ),
       },
     )
     .get("", ({ query }) => users.list(query), {
@@ -117,7 +120,10 @@ export function usersRoutes(deps: { users: UsersService; guard: AuthGuard }) {
       params: IdParams,
       body: AdminPatch,
       response: { 200: User, ...errorResponses(401, 403, 404, 409, 422) },
-      detail: secured("Update a user (admin)", "Deactivation and role changes apply to the user's very next request."),
+      detail: secured(
+        "Update a user (admin)",
+        "Deactivation and role changes apply to the user's very next request. 409 when it would leave no active admin.",
+      ),
     })
     .delete(
       "/:id",
@@ -128,8 +134,8 @@ export function usersRoutes(deps: { users: UsersService; guard: AuthGuard }) {
       {
         auth: requirePermission("users:write"),
         params: IdParams,
-        response: { 204: t.Void(), ...errorResponses(401, 403, 404, 422) },
-        detail: secured("Delete a user (admin)", "The user's files go with it."),
+        response: { 204: t.Void(), ...errorResponses(401, 403, 404, 409, 422) },
+        detail: secured("Delete a user (admin)", "The user's files go with it. 409 for the last active admin."),
       },
     );
 }

@@ -62,6 +62,15 @@ export function createUsersService(deps: {
     return toPublicUser(row);
   }
 
+  /** Refuses a change that would leave no active admin to administer the deployment. */
+  async function keepAnAdmin(id: string, losesAdmin: boolean): Promise<void> {
+    if (!losesAdmin) return;
+    const row = await repo.findById(id);
+    if (row?.role === "admin" && row.isActive && (await repo.countActiveAdmins()) <= 1) {
+      throw errors.conflict("This is the last active admin; promote another user first");
+    }
+  }
+
   async function get(id: string): Promise<PublicUser> {
     const row = await repo.findById(id);
     if (!row) throw errors.notFound("User");
@@ -87,6 +96,7 @@ export function createUsersService(deps: {
     async update(id: string, changes: ProfileChanges): Promise<PublicUser> {
       const { username, email, name, bio, role, is_active: isActive } = changes;
       await refuseTaken({ username, email }, id);
+      await keepAnAdmin(id, role === "user" || isActive === false);
       // Named one by one, so nothing else a body might carry can reach the row (undefined = unchanged).
       const user = await apply(id, { username, email, name, bio, role, isActive });
       if (isActive === false) await revocation.revokeUserSessions(id);
@@ -105,11 +115,13 @@ export function createUsersService(deps: {
     },
 
     async deactivate(id: string): Promise<void> {
+      await keepAnAdmin(id, true);
       await apply(id, { isActive: false });
       await revocation.revokeUserSessions(id);
     },
 
     async delete(id: string): Promise<void> {
+      await keepAnAdmin(id, true);
       const deleted = await repo.delete(id);
       await cache.invalidate(id);
       if (!deleted) throw errors.notFound("User");

@@ -305,3 +305,27 @@ describe("DELETE /users/{id}", () => {
     expect((await t.req("GET", "/users/me", { token: bob.access })).status).toBe(200);
   });
 });
+
+describe("the last active admin", () => {
+  test("cannot be demoted, deactivated or deleted, by itself or anyone; with a second admin it can", async () => {
+    const t = await usersApp();
+    const root = await t.signUp("root", { admin: true });
+    for (const [method, path, body] of [
+      ["PATCH", `/users/${root.id}`, { role: "user" }],
+      ["PATCH", `/users/${root.id}`, { is_active: false }],
+      ["DELETE", `/users/${root.id}`, undefined],
+      ["DELETE", "/users/me", undefined],
+    ] as const) {
+      expectError(await t.req(method, path, { token: root.access, body }), 409, "CONFLICT");
+    }
+    expect((await t.row(root.id))?.role).toBe("admin");
+    expect((await t.row(root.id))?.isActive).toBe(true);
+
+    const second = await t.signUp("second", { admin: true });
+    expect((await t.req("PATCH", `/users/${root.id}`, { token: second.access, body: { role: "user" } })).status).toBe(
+      200,
+    );
+    // Now `second` is the last one.
+    expectError(await t.req("DELETE", `/users/${second.id}`, { token: second.access }), 409, "CONFLICT");
+  });
+});
