@@ -67,7 +67,7 @@ export const AdminPatch = t.Object({
 });
 export const PasswordChange = t.Object({ current_password: t.String({ maxLength: 128 }), new_password: Password });
 
-export const UserFilters = t.Object({
+const UserFilters = t.Object({
   q: t.Optional(t.String({ maxLength: 100, description: "Substring of username, email or name" })),
   role: t.Optional(Role),
   is_active: t.Optional(t.Boolean()),
