@@ -2,20 +2,23 @@ import { Elysia } from "elysia";
 import { type Config, VERSION } from "./config";
 import type { Database } from "./db/client";
 import { authGuard } from "./http/auth";
+import { bodyParser } from "./http/body";
 import { cors } from "./http/cors";
 import { docsRoutes } from "./http/docs";
 import { errorMapper } from "./http/errors";
+import { type InFlight, inFlightTracking } from "./http/in-flight";
+import { accessLog, observability, type RequestObserver } from "./http/observability";
 import { openapiRoute } from "./http/openapi";
 import { rateLimits } from "./http/rate-limit";
-import { type InFlight, requestContext } from "./http/request-context";
+import { requestId } from "./http/request-id";
+import { securityHeaders } from "./http/security-headers";
+import { createAccessState } from "./modules/auth/access-state";
 import { createAuthRepo } from "./modules/auth/repo";
-import { createRevocation } from "./modules/auth/revocation";
 import { authRoutes } from "./modules/auth/routes";
 import { createAuthService } from "./modules/auth/service";
 import { createTokenService } from "./modules/auth/tokens";
 import { healthRoutes } from "./modules/health/routes";
 import { createHealthService } from "./modules/health/service";
-import { createUserCache } from "./modules/users/cache";
 import { createUsersRepo } from "./modules/users/repo";
 import { usersRoutes } from "./modules/users/routes";
 import { createUsersService } from "./modules/users/service";
@@ -37,7 +40,9 @@ export interface AppDeps {
   startedAt?: number;
 }
 
-const API_PREFIX = "/api/v1";
+export const API_PREFIX = "/api/v1";
+/** Routes that also take an HTML form (the OAuth2 password flow of the docs' Authorize button). */
+const FORM_ROUTES = [`${API_PREFIX}/auth/login`];
 
 const DOCUMENTATION = {
   info: {
@@ -68,47 +73,65 @@ export function createServices(deps: AppDeps) {
   const tokens = createTokenService(config);
   const usersRepo = createUsersRepo(db.orm);
   const authRepo = createAuthRepo(db.orm);
-  const userCache = createUserCache(kv, config.CACHE_TTL, logger);
-  const revocation = createRevocation({ kv, repo: authRepo, accessTtlSeconds: tokens.lifetimes.access, logger });
-  const users = createUsersService({ repo: usersRepo, cache: userCache, passwords, revocation });
+  const access = createAccessState({
+    kv,
+    // Without Redis, instances sharing a Postgres would each cache on their own and disagree: no cache then.
+    cacheable: kv.backend === "redis" || db.kind === "pglite",
+    repo: authRepo,
+    users: usersRepo,
+    accessTtlSeconds: tokens.lifetimes.access,
+    userTtlSeconds: config.CACHE_TTL,
+    logger,
+  });
+  const limits = rateLimits(createRateLimiter(kv, logger), config);
+  const users = createUsersService({
+    repo: usersRepo,
+    passwords,
+    hooks: { userChanged: access.userChanged, endSessions: access.revokeUserSessions },
+    passwordGuesses: limits.guesses("passwordChange"),
+    logger,
+  });
   const mailer =
     deps.mailer ??
     createMailer({ smtpUrl: config.SMTP_URL, from: config.MAIL_FROM, environment: config.ENVIRONMENT, logger });
   const auth = createAuthService({
     config,
-    kv,
     repo: authRepo,
     users: usersRepo,
-    userCache,
+    access,
     tokens,
-    revocation,
     passwords,
     mailer,
     logger,
   });
-  return { users, auth };
+  return { users, auth, limits };
 }
 
 /** Builds the whole HTTP application from its dependencies; no I/O happens here. */
 export function createApp(deps: AppDeps) {
   const { config, db, kv, logger } = deps;
   const health = createHealthService({ db, kv, version: VERSION, startedAt: deps.startedAt ?? Date.now() });
-  const { users, auth } = createServices(deps);
+  const { users, auth, limits } = createServices(deps);
   const guard = authGuard(auth.authenticate);
-  const limits = rateLimits(createRateLimiter(kv, logger), config);
+  const observers = [accessLog(logger)].filter((observer): observer is RequestObserver => observer !== undefined);
 
   const app = new Elysia()
     .use(errorMapper(logger))
-    .use(requestContext({ logger, trustProxy: config.TRUST_PROXY, inFlight: deps.inFlight }))
-    // CORS before the limiter, so a browser can read a 429 too.
+    .use(requestId())
+    .use(securityHeaders(config.TRUST_PROXY))
+    // CORS before the limiter, so a browser can read a 429 too; it answers preflights itself.
     .use(cors(config.allowedOrigins))
+    // After CORS: a preflight answered there never reaches onAfterResponse, so it must not be counted.
+    .use(deps.inFlight ? inFlightTracking(deps.inFlight) : new Elysia())
+    .use(observability(observers))
+    .use(bodyParser({ formRoutes: FORM_ROUTES }))
     .use(limits.plugin)
     .use(docsRoutes)
     .group(API_PREFIX, (api) =>
       api
         .use(healthRoutes(health))
-        .use(authRoutes({ auth, users, guard, limits, rules: config.rateLimits }))
+        .use(authRoutes({ auth, users, guard, limits: limits.plugin }))
         .use(usersRoutes({ users, guard })),
     );
-  return app.use(openapiRoute(app, DOCUMENTATION, { formBodies: [`${API_PREFIX}/auth/login`], apiPrefix: API_PREFIX }));
+  return app.use(openapiRoute(app, DOCUMENTATION, { formBodies: FORM_ROUTES, apiPrefix: API_PREFIX }));
 }

@@ -21,6 +21,7 @@ const EnvSchema = T.Object({
   ALGORITHM: T.Union([T.Literal("HS256"), T.Literal("HS384"), T.Literal("HS512")], { default: "HS256" }),
   ACCESS_TOKEN_EXPIRE_MINUTES: T.Integer({ minimum: 1, maximum: 10080, default: 60 }),
   REFRESH_TOKEN_EXPIRE_DAYS: T.Integer({ minimum: 1, maximum: 365, default: 7 }),
+  REFRESH_GRACE_SECONDS: T.Integer({ minimum: 0, maximum: 60, default: 5 }),
   PASSWORD_RESET_EXPIRE_MINUTES: T.Integer({ minimum: 1, maximum: 10080, default: 60 }),
   DEBUG: T.Boolean({ default: false }),
   ENVIRONMENT: T.Union([T.Literal("development"), T.Literal("test"), T.Literal("production")], {
@@ -52,6 +53,7 @@ const EnvSchema = T.Object({
   RATE_LIMIT_LOGIN_IP: T.String({ ...rate, default: "20/minute" }),
   RATE_LIMIT_REGISTER: T.String({ ...rate, default: "5/hour" }),
   RATE_LIMIT_PASSWORD_RESET: T.String({ ...rate, default: "3/hour" }),
+  RATE_LIMIT_PASSWORD_CHANGE: T.String({ ...rate, default: "5/hour" }),
   RATE_LIMIT_DEFAULT: T.String({ ...rate, default: "300/minute" }),
   TRUST_PROXY: T.Boolean({ default: false }),
   STORAGE_URL: T.Optional(T.String({ pattern: "^(s3://[^/]+(/.*)?|file://.+)$" })),
@@ -82,6 +84,7 @@ export interface Config
     loginIp: RateLimit;
     register: RateLimit;
     passwordReset: RateLimit;
+    passwordChange: RateLimit;
     default: RateLimit;
   };
 }
@@ -136,17 +139,31 @@ function resolveSecret(env: Env, dataDir: string): string {
   // Development: generate once and keep it, so tokens survive restarts.
   const file = join(dataDir, "secret_key");
   if (existsSync(file)) return readFileSync(file, "utf8").trim();
-  mkdirSync(dataDir, { recursive: true });
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const secret = randomBytes(48).toString("base64url");
   writeFileSync(file, secret, { mode: 0o600 });
   chmodSync(file, 0o600);
   return secret;
 }
 
+/**
+ * A URL as it may be printed: whatever stands between the user name's `:` and the last `@` becomes
+ * `***`. Deliberately not a URL parser: the values printed are the malformed ones.
+ */
+export function maskCredentials(value: string): string {
+  const at = value.lastIndexOf("@");
+  if (at === -1) return value;
+  const slashes = value.indexOf("//");
+  const userStart = slashes === -1 || slashes > at ? 0 : slashes + 2;
+  const colon = value.indexOf(":", userStart);
+  return colon === -1 || colon > at ? value : `${value.slice(0, colon + 1)}***${value.slice(at)}`;
+}
+
 function describe(error: ValueError): string {
   const name = error.path.replace(/^\//, "");
   const secret = /SECRET|PASSWORD|KEY/.test(name);
-  const shown = secret || error.value === undefined ? "" : ` (got ${JSON.stringify(error.value)})`;
+  const value = typeof error.value === "string" && name.endsWith("_URL") ? maskCredentials(error.value) : error.value;
+  const shown = secret || value === undefined ? "" : ` (got ${JSON.stringify(value)})`;
   const choices = (error.schema.anyOf as { const?: unknown }[] | undefined)
     ?.map((option) => option.const)
     .filter((value) => value !== undefined);
@@ -183,6 +200,7 @@ export function loadConfig(raw: Record<string, string | undefined>): Config {
     RATE_LIMIT_LOGIN_IP,
     RATE_LIMIT_REGISTER,
     RATE_LIMIT_PASSWORD_RESET,
+    RATE_LIMIT_PASSWORD_CHANGE,
     RATE_LIMIT_DEFAULT,
     ...rest
   } = env;
@@ -203,6 +221,7 @@ export function loadConfig(raw: Record<string, string | undefined>): Config {
       loginIp: parseRate(RATE_LIMIT_LOGIN_IP),
       register: parseRate(RATE_LIMIT_REGISTER),
       passwordReset: parseRate(RATE_LIMIT_PASSWORD_RESET),
+      passwordChange: parseRate(RATE_LIMIT_PASSWORD_CHANGE),
       default: parseRate(RATE_LIMIT_DEFAULT),
     },
   };

@@ -30,7 +30,7 @@ see the README for every variable.`;
 
 async function openDatabase(config: Config): Promise<Database> {
   if (config.databaseUrl) return connectPostgres({ url: config.databaseUrl, max: config.DB_POOL_MAX });
-  mkdirSync(config.DATA_DIR, { recursive: true });
+  mkdirSync(config.DATA_DIR, { recursive: true, mode: 0o700 });
   return openPglite(join(config.DATA_DIR, "pgdata"));
 }
 
@@ -131,6 +131,10 @@ async function main(argv: string[]) {
   });
   if (values.version) return console.log(VERSION);
   if (values.help) return console.log(HELP);
+
+  // Everything this process creates (DATA_DIR, the embedded database, the development secret, uploads)
+  // is its owner's alone, whatever umask it was started with.
+  process.umask(0o077);
 
   const config = loadConfig(readEnvironment());
   const logger = createLogger({ level: config.DEBUG ? "debug" : config.LOG_LEVEL, format: config.LOG_FORMAT });

@@ -1,9 +1,11 @@
-import { sql } from "drizzle-orm";
+import { expect } from "bun:test";
+import { eq, sql } from "drizzle-orm";
 import postgres from "postgres";
-import { type AppDeps, createApp } from "../src/app";
+import { API_PREFIX, type AppDeps, createApp } from "../src/app";
 import { type Config, loadConfig } from "../src/config";
 import { connectPostgres, type Database, openPglite } from "../src/db/client";
 import { runMigrations } from "../src/db/migrate";
+import { users } from "../src/db/schema";
 import { type KeyValueStore, MemoryStore, RedisStore } from "../src/platform/kv";
 import { createLogger, type Logger } from "../src/platform/logger";
 
@@ -138,11 +140,19 @@ export async function call(
 
 type Handler = { handle(request: Request): Promise<Response> };
 
+/** The API's base path, for every test. */
+export const API = API_PREFIX;
+export const PASSWORD = "secret123";
+
 export interface Account {
-  user: { id: string; username: string; email: string; role: string };
+  id: string;
+  username: string;
+  email: string;
   password: string;
   access: string;
   refresh: string;
+  /** The User the API returned at registration. */
+  user: { id: string; username: string; email: string; role: string };
 }
 
 let accountSeq = 0;
@@ -151,20 +161,51 @@ let accountSeq = 0;
 export async function signUp(
   app: Handler,
   fields: { username?: string; email?: string; password?: string; name?: string } = {},
-) {
+): Promise<Account> {
   accountSeq += 1;
   const username = fields.username ?? `user${accountSeq}_${crypto.randomUUID().slice(0, 8)}`;
-  const password = fields.password ?? "secret123";
-  const registered = await call(app, "POST", "/api/v1/auth/register", {
-    body: { username, email: fields.email ?? `${username}@example.com`, password, name: fields.name },
+  const email = fields.email ?? `${username}@example.com`;
+  const password = fields.password ?? PASSWORD;
+  const registered = await call(app, "POST", `${API}/auth/register`, {
+    body: { username, email, password, name: fields.name },
   });
   if (registered.status !== 201) throw new Error(`register failed: ${registered.status} ${registered.text}`);
   const tokens = await login(app, username, password);
-  return { user: registered.json, password, access: tokens.access_token, refresh: tokens.refresh_token } as Account;
+  return {
+    id: registered.json.id,
+    username,
+    email,
+    password,
+    access: tokens.access_token,
+    refresh: tokens.refresh_token,
+    user: registered.json,
+  };
 }
 
-export async function login(app: Handler, username: string, password: string) {
-  const res = await call(app, "POST", "/api/v1/auth/login", { body: { username, password } });
+export async function login(app: Handler, username: string, password = PASSWORD) {
+  const res = await call(app, "POST", `${API}/auth/login`, { body: { username, password } });
   if (res.status !== 200) throw new Error(`login failed: ${res.status} ${res.text}`);
   return res.json as { access_token: string; refresh_token: string; token_type: string; expires_in: number };
+}
+
+/** Promotes an account to admin straight in the database (there is no API for a first admin). */
+export async function promote(db: Database, id: string): Promise<void> {
+  await db.orm.update(users).set({ role: "admin" }).where(eq(users.id, id));
+}
+
+const ISO_UTC = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/;
+
+/** The contract's error body, with this status and code (and, if given, exactly these fields in `details`). */
+export function expectError(res: { status: number; json: any }, status: number, code: string, fields?: string[]) {
+  expect({ status: res.status, code: res.json?.error?.code }).toEqual({ status, code });
+  expect(typeof res.json.error.message).toBe("string");
+  expect(res.json.error.timestamp).toMatch(ISO_UTC);
+  expect(Array.isArray(res.json.error.details)).toBe(true);
+  if (fields) expect(res.json.error.details.map((d: { field: string }) => d.field).sort()).toEqual([...fields].sort());
+}
+
+/** 401 with the bearer challenge, as every rejected token must answer. */
+export function expectUnauthorized(res: { status: number; json: any; headers: Headers }, code = "INVALID_TOKEN") {
+  expectError(res, 401, code);
+  expect(res.headers.get("www-authenticate")).toBe("Bearer");
 }

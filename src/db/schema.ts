@@ -4,6 +4,7 @@ import {
   boolean,
   check,
   index,
+  pgSequence,
   pgTable,
   text,
   timestamp,
@@ -72,6 +73,10 @@ export const authSessions = pgTable(
       .notNull()
       .references(() => users.id, { onDelete: "cascade" }),
     refreshJti: uuid("refresh_jti").notNull(),
+    /** The pair issued by the last rotation, so racing refreshes within the grace window get it again. */
+    previousJti: uuid("previous_jti"),
+    accessJti: uuid("access_jti"),
+    rotatedAt: timestamptz("rotated_at"),
     createdAt: createdAt(),
     expiresAt: timestamptz("expires_at").notNull(),
     revokedAt: timestamptz("revoked_at"),
@@ -97,5 +102,11 @@ export const usedPasswordResetTokens = pgTable("used_password_reset_tokens", {
   usedAt: timestamptz("used_at").notNull().defaultNow(),
   expiresAt: timestamptz("expires_at").notNull(),
 });
+
+/**
+ * Advanced after every change to a user or a revocation. The shared cache records the highest value it
+ * has applied; a cache that is behind (a lost write, a restart from an old snapshot) is not trusted.
+ */
+export const authChangeSeq = pgSequence("auth_change_seq");
 
 export type UserRow = typeof users.$inferSelect;

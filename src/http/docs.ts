@@ -29,12 +29,13 @@ const redocPage = page(
   `<redoc spec-url="${SPEC_URL}"></redoc><script src="/docs/assets/redoc.standalone.js"></script>`,
 );
 
-const ASSETS: Record<string, { path?: string; text?: string; type: string }> = {
-  "swagger-ui.css": { path: swaggerCss, type: "text/css; charset=utf-8" },
-  "swagger-ui-bundle.js": { path: swaggerJs, type: "text/javascript; charset=utf-8" },
-  "redoc.standalone.js": { path: redocJs, type: "text/javascript; charset=utf-8" },
-  "init.js": { text: swaggerInit, type: "text/javascript; charset=utf-8" },
-};
+// A Map, not an object literal: `/docs/assets/constructor` must not find Object.prototype's.
+const ASSETS = new Map<string, { path?: string; text?: string; type: string }>([
+  ["swagger-ui.css", { path: swaggerCss, type: "text/css; charset=utf-8" }],
+  ["swagger-ui-bundle.js", { path: swaggerJs, type: "text/javascript; charset=utf-8" }],
+  ["redoc.standalone.js", { path: redocJs, type: "text/javascript; charset=utf-8" }],
+  ["init.js", { text: swaggerInit, type: "text/javascript; charset=utf-8" }],
+]);
 
 /** Swagger UI at /docs and ReDoc at /redoc, with every script and style served from the binary itself. */
 export const docsRoutes = new Elysia({ name: "docs", detail: { hide: true } })
@@ -50,7 +51,7 @@ export const docsRoutes = new Elysia({ name: "docs", detail: { hide: true } })
     return redocPage;
   })
   .get("/docs/assets/:name", ({ params, set }) => {
-    const asset = ASSETS[params.name];
+    const asset = ASSETS.get(params.name);
     if (!asset) throw errors.notFound("Asset");
     set.headers["content-type"] = asset.type;
     set.headers["cache-control"] = "public, max-age=86400";

@@ -48,6 +48,7 @@ export const errors = {
   notFound: (what = "Resource") => new AppError(404, "NOT_FOUND", `${what} not found`),
   conflict: (message: string, details: ErrorDetail[] = []) => new AppError(409, "CONFLICT", message, details),
   tooLarge: (limit: number) => new AppError(413, "PAYLOAD_TOO_LARGE", `Request body exceeds ${limit} bytes`),
+  unsupportedMediaType: (message: string) => new AppError(415, "UNSUPPORTED_MEDIA_TYPE", message),
   validation: (details: ErrorDetail[]) => new AppError(422, "VALIDATION_ERROR", "Invalid input data", details),
   rateLimited: (retryAfterSeconds: number, headers: Record<string, string>) =>
     new AppError(429, "RATE_LIMITED", "Too many requests; try again later", [], {
@@ -130,6 +131,14 @@ function databaseCause(error: unknown): { code?: string; message: string; constr
   return undefined;
 }
 
+/** What of an error may be logged: the driver's code and message, never Drizzle's (it carries query parameters). */
+export function loggableError(error: unknown) {
+  return (
+    databaseCause(error) ??
+    (error instanceof Error ? { name: error.name, message: error.message, stack: error.stack } : String(error))
+  );
+}
+
 function isDatabaseUnavailable(error: unknown): boolean {
   const code = databaseCause(error)?.code;
   return code !== undefined && (UNAVAILABLE_CODES.has(code) || code.startsWith("08"));
@@ -196,14 +205,11 @@ export function errorMapper(logger: Logger) {
     // Elysia's own 404 carries code NOT_FOUND without a NotFoundError instance in some paths.
     if (!mapped && code === "NOT_FOUND") mapped = errors.notFound();
     if (!mapped) {
-      const cause = databaseCause(error);
       logger.error("unhandled error", {
         request_id: requestId,
         method: request.method,
         route,
-        error:
-          cause ??
-          (error instanceof Error ? { name: error.name, message: error.message, stack: error.stack } : String(error)),
+        error: loggableError(error),
       });
       mapped = new AppError(500, "INTERNAL_ERROR", "Internal server error");
     } else if (mapped.status === 503) {

@@ -1,19 +1,12 @@
 import { toOpenAPISchema } from "@elysiajs/openapi";
-import { FormatRegistry, OptionalKind } from "@sinclair/typebox";
+import { OptionalKind } from "@sinclair/typebox";
 import { type AnyElysia, Elysia } from "elysia";
-import { fullFormats } from "elysia/type-system/format";
 import { ErrorBody } from "./errors";
+import "./formats";
 import { isProbePath } from "./rate-limit";
 
-// Importing @elysiajs/openapi replaces TypeBox's string formats (uuid, email, url, ...) with checks that
-// build a valibot/zod schema on every call, which made each validated request several times slower.
-// Put Elysia's own (regex) checks back; the generator does not need them.
-for (const [name, check] of Object.entries(fullFormats)) {
-  if (check instanceof RegExp) FormatRegistry.Set(name, (value) => check.test(value));
-  else if (typeof check === "function") FormatRegistry.Set(name, check as (value: string) => boolean);
-}
-
 type Operation = {
+  "x-response-media-types"?: Record<string, string[]>;
   requestBody?: { content: Record<string, unknown>; required?: boolean };
   responses?: Record<string, { description?: string; content?: Record<string, unknown> }>;
 };
@@ -77,10 +70,19 @@ function repair(document: Document, app: AnyElysia, options: OpenApiOptions): Do
           responses[status] ??= { description, content: { "application/json": { schema: ERROR_REF } } };
         }
       }
+      // A route may name its real media types (a CSV export is not `text/plain`).
+      for (const [status, types] of Object.entries(operation["x-response-media-types"] ?? {})) {
+        const response = responses[status];
+        const schema = Object.values(response?.content ?? {})[0] as { schema?: unknown } | undefined;
+        if (response) response.content = Object.fromEntries(types.map((type) => [type, { schema: schema?.schema }]));
+      }
+      delete operation["x-response-media-types"];
       const body = operation.requestBody;
       if (!body) continue;
       if (optionalBodies.has(`${method} ${path}`)) body.required = false;
+      // What the body parser accepts: JSON, and an HTML form on the form routes (else 415).
       const json = body.content["application/json"];
+      body.content = { "application/json": json };
       if (json && options.formBodies.includes(path)) body.content["application/x-www-form-urlencoded"] = json;
     }
   }

@@ -1,25 +1,35 @@
 import { Elysia } from "elysia";
-import type { Config, RateLimit } from "../config";
+import type { Config } from "../config";
 import type { RateLimiter } from "../platform/rate-limiter";
+import { type ClientServer, clientIp, pathOf } from "./client";
 import { errors } from "./errors";
-import { type ClientServer, clientIp, pathOf } from "./request-context";
 
 type Headers = Record<string, string | number>;
+export type RuleName = Exclude<keyof Config["rateLimits"], "enabled">;
+
+/** One limit a route declares: which configured rule, counted against which key (none: not counted). */
+export interface LimitSpec {
+  rule: RuleName;
+  key: (request: { ip: string; body: unknown }) => string | undefined | Promise<string | undefined>;
+}
 
 /** Health probes: never limited (a load balancer asks as often as it likes) and never touching the store. */
 export const isProbePath = (path: string) => /^\/api\/v1\/health(\/|$)/.test(path);
 
+/** Counts against the client IP. */
+export const perIp: LimitSpec["key"] = ({ ip }) => ip;
+
 /**
- * `enforce` counts one request against a rule and sets X-RateLimit-* (429 with Retry-After when over);
- * the plugin applies RATE_LIMIT_DEFAULT per client IP to every API request, and routes add their own.
+ * Rate limits: RATE_LIMIT_DEFAULT per client IP on every API request, and a `rateLimit:` route option
+ * for the routes' own (`{ rateLimit: { rule: "register", key: perIp } }`), checked after the body is
+ * validated and before the handler. Each sets X-RateLimit-*; over the limit is a 429 with Retry-After.
  */
 export function rateLimits(limiter: RateLimiter, config: Pick<Config, "rateLimits" | "TRUST_PROXY">) {
-  const enabled = config.rateLimits.enabled;
+  const { enabled, ...rules } = config.rateLimits;
   const ipOf = (request: Request, server: ClientServer) => clientIp(request, server, config.TRUST_PROXY);
 
-  async function enforce(set: { headers: Headers }, bucket: string, key: string, rule: RateLimit): Promise<void> {
-    if (!enabled) return;
-    const decision = await limiter.consume(bucket, key, rule);
+  async function enforce(set: { headers: Headers }, rule: RuleName, key: string): Promise<void> {
+    const decision = await limiter.consume(rule, key, rules[rule]);
     const headers = {
       "x-ratelimit-limit": String(decision.limit),
       "x-ratelimit-remaining": String(decision.remaining),
@@ -29,15 +39,48 @@ export function rateLimits(limiter: RateLimiter, config: Pick<Config, "rateLimit
     if (!decision.allowed) throw errors.rateLimited(decision.resetSeconds, headers);
   }
 
-  // Not async: most requests that skip the limiter should not pay for a promise.
-  const plugin = new Elysia({ name: "rate-limit" }).onRequest(({ request, server, set }) => {
-    if (!enabled) return;
-    const path = pathOf(request.url);
-    if (!path.startsWith("/api/") || isProbePath(path)) return;
-    return enforce(set, "default", ipOf(request, server), config.rateLimits.default);
+  /**
+   * A limit on wrong guesses only (a current password): `check` refuses once the window holds `rule`'s
+   * count of failures, before the guess is tried; `fail` counts one.
+   */
+  const guesses = (rule: RuleName) => ({
+    async check(key: string): Promise<void> {
+      if (!enabled) return;
+      if ((await limiter.peek(rule, key)) < rules[rule].limit) return;
+      const retryAfter = Math.ceil(rules[rule].windowMs / 1000);
+      throw errors.rateLimited(retryAfter, {
+        "x-ratelimit-limit": String(rules[rule].limit),
+        "x-ratelimit-remaining": "0",
+        "x-ratelimit-reset": String(retryAfter),
+      });
+    },
+    async fail(key: string): Promise<void> {
+      if (enabled) await limiter.consume(rule, key, rules[rule]);
+    },
   });
 
-  return { plugin, enforce, ipOf };
+  const plugin = new Elysia({ name: "rate-limit" })
+    // Not async: most requests that skip the limiter should not pay for a promise.
+    .onRequest(({ request, server, set }) => {
+      if (!enabled) return;
+      const path = pathOf(request.url);
+      if (!path.startsWith("/api/") || isProbePath(path)) return;
+      return enforce(set, "default", ipOf(request, server));
+    })
+    .macro({
+      rateLimit: (specs: LimitSpec | LimitSpec[]) => ({
+        async beforeHandle({ request, server, body, set }) {
+          if (!enabled) return;
+          const ip = ipOf(request, server);
+          for (const spec of Array.isArray(specs) ? specs : [specs]) {
+            const key = await spec.key({ ip, body });
+            if (key !== undefined) await enforce(set, spec.rule, key);
+          }
+        },
+      }),
+    });
+  return { plugin, guesses };
 }
 
 export type RateLimits = ReturnType<typeof rateLimits>;
+export type GuessLimit = ReturnType<RateLimits["guesses"]>;

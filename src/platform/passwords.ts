@@ -29,9 +29,12 @@ export function createPasswordHasher(rounds: number, parallelism = availablePara
   const verify = (password: string, digest: string) => slot(() => Bun.password.verify(password, digest, "bcrypt"));
   // Verified against when the user does not exist, so that case costs the same time as a wrong password.
   let dummy: Promise<string> | undefined;
+  const costOf = (digest: string) => Number(/^\$2[aby]?\$(\d\d)\$/.exec(digest)?.[1]);
   return {
     hash,
     verify,
+    /** True when the hash was made at another cost than BCRYPT_ROUNDS. */
+    needsRehash: (digest: string) => costOf(digest) !== rounds,
     async burn(password: string): Promise<false> {
       dummy ??= hash(crypto.randomUUID());
       await verify(password, await dummy);

@@ -1,5 +1,5 @@
 import type { RateLimit } from "../config";
-import type { KeyValueStore } from "./kv";
+import { type KeyValueStore, MemoryStore } from "./kv";
 import type { Logger } from "./logger";
 
 export interface RateDecision {
@@ -10,32 +10,46 @@ export interface RateDecision {
   resetSeconds: number;
 }
 
-/** Fixed-window counters in the shared store; when the store is unreachable the limiter lets requests through. */
+/**
+ * Fixed-window counters in the shared store. When the store is unreachable the counting goes on in
+ * this process's memory instead of stopping: a fail-open login limit would be a brute-force window
+ * for as long as Redis is away. Each instance then counts alone, so N instances allow up to N times
+ * the limit; that is still a limit.
+ */
 export function createRateLimiter(kv: KeyValueStore, logger: Logger) {
+  const local = kv instanceof MemoryStore ? kv : new MemoryStore();
   let lastWarning = 0;
-  return {
-    async consume(bucket: string, key: string, rule: RateLimit): Promise<RateDecision> {
-      try {
-        const { count, resetMs } = await kv.hit(`rl:${bucket}:${key}`, rule.windowMs);
-        return {
-          allowed: count <= rule.limit,
-          limit: rule.limit,
-          remaining: Math.max(0, rule.limit - count),
-          resetSeconds: Math.max(1, Math.ceil(resetMs / 1000)),
-        };
-      } catch (error) {
-        // Availability over strictness, but say so (at most once a minute).
-        if (Date.now() - lastWarning > 60_000) {
-          lastWarning = Date.now();
-          logger.warn("rate limiter unavailable; not limiting", { error: (error as Error).message });
-        }
-        return {
-          allowed: true,
-          limit: rule.limit,
-          remaining: rule.limit,
-          resetSeconds: Math.ceil(rule.windowMs / 1000),
-        };
+
+  async function hit(key: string, windowMs: number) {
+    try {
+      return await kv.hit(key, windowMs);
+    } catch (error) {
+      if (Date.now() - lastWarning > 60_000) {
+        lastWarning = Date.now();
+        logger.warn("shared rate-limit store unavailable; counting in this process", {
+          error: (error as Error).message,
+        });
       }
+      return local.hit(key, windowMs);
+    }
+  }
+
+  return {
+    /** Hits counted in the current window, without counting one more. */
+    async peek(bucket: string, key: string): Promise<number> {
+      const keys = [`rl:${bucket}:${key}`];
+      const [value] = await kv.getMany(keys).catch(() => local.getMany(keys));
+      return Number(value ?? 0);
+    },
+
+    async consume(bucket: string, key: string, rule: RateLimit): Promise<RateDecision> {
+      const { count, resetMs } = await hit(`rl:${bucket}:${key}`, rule.windowMs);
+      return {
+        allowed: count <= rule.limit,
+        limit: rule.limit,
+        remaining: Math.max(0, rule.limit - count),
+        resetSeconds: Math.max(1, Math.ceil(resetMs / 1000)),
+      };
     },
   };
 }

@@ -1,7 +1,6 @@
 import { describe, expect, test } from "bun:test";
-import { call, makeApp } from "../support";
+import { API, call, makeApp } from "../support";
 
-const API = "/api/v1";
 const LIMITED = { RATE_LIMIT_ENABLED: "true" };
 
 const loginAs = (app: Parameters<typeof call>[0], username: string, ip = "10.0.0.1") =>

@@ -1,7 +1,5 @@
 import { expect, test } from "bun:test";
-import { call, makeApp, signUp } from "../support";
-
-const API = "/api/v1";
+import { API, call, makeApp, signUp } from "../support";
 
 test("no response body or log line ever contains a submitted password, hash or token", async () => {
   const { app, logs } = await makeApp();

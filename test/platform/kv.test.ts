@@ -1,8 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { MemoryStore, RedisStore } from "../../src/platform/kv";
-import { call, makeApp, memoryLogger, signUp, TEST_REDIS_URL, testStore } from "../support";
-
-const API = "/api/v1";
+import { API, call, makeApp, memoryLogger, signUp, TEST_REDIS_URL, testStore } from "../support";
 
 describe("key-value store", () => {
   test("a fixed window counts hits and starts over when it ends", async () => {

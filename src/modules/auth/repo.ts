@@ -1,13 +1,21 @@
-import { and, eq, gt, inArray, isNull, ne } from "drizzle-orm";
+import { and, eq, gt, inArray, isNull, ne, sql, TransactionRollbackError } from "drizzle-orm";
 import type { Orm } from "../../db/client";
-import { authSessions, revokedTokens, usedPasswordResetTokens, users } from "../../db/schema";
+import { authSessions, revokedTokens, type UserRow, usedPasswordResetTokens, users } from "../../db/schema";
 
 export type SessionRow = typeof authSessions.$inferSelect;
 
+// postgres.js returns the rows array itself; PGlite returns `{ rows }`.
+function rowsOf<T>(result: unknown): T[] {
+  return Array.isArray(result) ? (result as T[]) : ((result as { rows: T[] }).rows ?? []);
+}
+
 export function createAuthRepo(orm: Orm) {
   return {
-    async createSession(session: { userId: string; refreshJti: string; expiresAt: Date }): Promise<SessionRow> {
-      const [row] = await orm.insert(authSessions).values(session).returning();
+    async createSession(session: { userId: string; refreshJti: string; accessJti: string; expiresAt: Date }) {
+      const [row] = await orm
+        .insert(authSessions)
+        .values({ ...session, rotatedAt: new Date() })
+        .returning();
       return row as SessionRow;
     },
 
@@ -16,14 +24,17 @@ export function createAuthRepo(orm: Orm) {
       return row;
     },
 
-    /** Swaps the session's refresh jti only if `expected` is still current: concurrent refreshes cannot both win. */
-    async rotateRefresh(id: string, expected: string, next: string): Promise<boolean> {
-      const rows = await orm
+    /**
+     * Swaps the session's refresh jti only if `expected` is still current, so concurrent refreshes cannot
+     * both win; the pair it replaces stays on the row for the grace window. Returns the updated row.
+     */
+    async rotateRefresh(id: string, expected: string, next: { refreshJti: string; accessJti: string }) {
+      const [row] = await orm
         .update(authSessions)
-        .set({ refreshJti: next })
+        .set({ ...next, previousJti: expected, rotatedAt: new Date() })
         .where(and(eq(authSessions.id, id), eq(authSessions.refreshJti, expected), isNull(authSessions.revokedAt)))
-        .returning({ id: authSessions.id });
-      return rows.length === 1;
+        .returning();
+      return row;
     },
 
     async revokeSessions(ids: string[]): Promise<void> {
@@ -54,20 +65,21 @@ export function createAuthRepo(orm: Orm) {
       await orm.insert(revokedTokens).values({ jti, expiresAt }).onConflictDoNothing();
     },
 
-    /** The durable answer to "is this access token revoked?", used when the cache cannot answer. */
-    async isRevoked(jti: string, sessionId: string): Promise<boolean> {
-      const [token, session] = await Promise.all([
-        orm.select({ jti: revokedTokens.jti }).from(revokedTokens).where(eq(revokedTokens.jti, jti)).limit(1),
-        orm
-          .select({ revokedAt: authSessions.revokedAt })
-          .from(authSessions)
-          .where(eq(authSessions.id, sessionId))
-          .limit(1),
-      ]);
-      return token.length > 0 || !session[0] || session[0].revokedAt !== null;
+    /** The durable answer for one request, in one round trip: the user, and whether the token is revoked. */
+    async accessState(userId: string, jti: string, sessionId: string) {
+      const [row] = await orm
+        .select({
+          user: users,
+          revoked: sql<boolean>`exists(select 1 from ${revokedTokens} where ${revokedTokens.jti} = ${jti})
+            or not exists(select 1 from ${authSessions} where ${authSessions.id} = ${sessionId} and ${authSessions.revokedAt} is null)`,
+        })
+        .from(users)
+        .where(eq(users.id, userId))
+        .limit(1);
+      return row as { user: UserRow; revoked: boolean } | undefined;
     },
 
-    /** Revocations still able to matter, to refill an empty cache. */
+    /** Revocations still able to matter, to refill an empty or untrusted cache. */
     async liveRevocations(sessionsSince: Date) {
       const now = new Date();
       const [tokens, sessions] = await Promise.all([
@@ -80,20 +92,47 @@ export function createAuthRepo(orm: Orm) {
       return { tokens, sessions };
     },
 
-    /** Records a reset token as spent and sets the new password in one transaction; false if already spent. */
+    /** Advances the change counter (see `authChangeSeq`), returning the new value. */
+    async nextChange(): Promise<number> {
+      const result = await orm.execute(sql`select nextval('auth_change_seq')::text as value`);
+      return Number(rowsOf<{ value: string }>(result)[0]?.value);
+    },
+
+    /** The change counter's current value (0 before the first change). */
+    async currentChange(): Promise<number> {
+      const result = await orm.execute(
+        sql`select (case when is_called then last_value else 0 end)::text as value from auth_change_seq`,
+      );
+      return Number(rowsOf<{ value: string }>(result)[0]?.value ?? 0);
+    },
+
+    /**
+     * Spends a reset token and sets the new password in one transaction. False when the token was
+     * spent already, or the password changed since it was issued (`expectedHash` no longer current).
+     */
     async spendResetToken(
       reset: { jti: string; userId: string; expiresAt: Date },
+      expectedHash: string,
       passwordHash: string,
     ): Promise<boolean> {
-      return orm.transaction(async (tx) => {
+      const spend = orm.transaction(async (tx) => {
         const spent = await tx
           .insert(usedPasswordResetTokens)
           .values(reset)
           .onConflictDoNothing()
           .returning({ jti: usedPasswordResetTokens.jti });
         if (spent.length === 0) return false;
-        await tx.update(users).set({ passwordHash, updatedAt: new Date() }).where(eq(users.id, reset.userId));
+        const updated = await tx
+          .update(users)
+          .set({ passwordHash, updatedAt: new Date() })
+          .where(and(eq(users.id, reset.userId), eq(users.passwordHash, expectedHash)))
+          .returning({ id: users.id });
+        if (updated.length === 0) tx.rollback();
         return true;
+      });
+      return spend.catch((error) => {
+        if (error instanceof TransactionRollbackError) return false;
+        throw error;
       });
     },
   };

@@ -1,75 +1,73 @@
 import { Elysia, t } from "elysia";
-import type { Config } from "../../config";
 import { type AuthGuard, BEARER_SECURITY, requireAuth } from "../../http/auth";
 import { errorResponses, errors } from "../../http/errors";
-import type { RateLimits } from "../../http/rate-limit";
-import { Email, Password, RegisterBody, User } from "../users/model";
+import { type LimitSpec, perIp, type RateLimits } from "../../http/rate-limit";
+import { RegisterBody, User } from "../users/model";
 import type { UsersService } from "../users/service";
+import {
+  LoginBody,
+  loginIdentifier,
+  Message,
+  type Principal,
+  RefreshBody,
+  ResetBody,
+  ResetRequestBody,
+  Tokens,
+} from "./model";
 import { type AuthService, bearerToken } from "./service";
-
-const Tokens = t.Object(
-  {
-    access_token: t.String(),
-    refresh_token: t.String(),
-    token_type: t.Literal("bearer"),
-    expires_in: t.Integer({ description: "Seconds until the access token expires" }),
-  },
-  { title: "Tokens" },
-);
-const Message = t.Object({ message: t.String() }, { title: "Message" });
-
-// JSON with username or email, or the OAuth2 password form the docs' Authorize button posts.
-const LoginBody = t.Object({
-  username: t.Optional(t.String({ maxLength: 320, description: "Username or email" })),
-  email: t.Optional(t.String({ maxLength: 320 })),
-  password: t.String({ maxLength: 128 }),
-  grant_type: t.Optional(t.String()),
-  scope: t.Optional(t.String()),
-  client_id: t.Optional(t.String()),
-  client_secret: t.Optional(t.String()),
-});
-const RefreshBody = t.Optional(t.Object({ refresh_token: t.Optional(t.String()) }));
 
 export function authRoutes(deps: {
   auth: AuthService;
   users: UsersService;
-  guard: AuthGuard;
-  limits: RateLimits;
-  rules: Config["rateLimits"];
+  guard: AuthGuard<Principal>;
+  limits: RateLimits["plugin"];
 }) {
-  const { auth, users, guard, limits, rules } = deps;
+  const { auth, users, guard, limits } = deps;
+  // Declared apart from the routes: an inline function in the options would blind Elysia's type inference.
+  const perAccount: LimitSpec["key"] = ({ body }) => {
+    const identifier = loginIdentifier(body as LoginBody);
+    return identifier && auth.loginBucket(identifier);
+  };
+  const perEmail: LimitSpec["key"] = ({ body }) => (body as typeof ResetRequestBody.static).email.toLowerCase();
   return new Elysia({ prefix: "/auth", detail: { tags: ["auth"] } })
     .use(guard)
+    .use(limits)
     .post(
       "/register",
-      async ({ body, request, server, set }) => {
-        await limits.enforce(set, "register", limits.ipOf(request, server), rules.register);
+      async ({ body, set }) => {
         const user = await users.create(body);
         set.status = 201;
         return user;
       },
       {
         body: RegisterBody,
-        response: { 201: User, ...errorResponses(409, 422, 429) },
-        detail: { summary: "Create an account" },
+        rateLimit: { rule: "register", key: perIp },
+        response: {
+          201: t.Composite([User], { description: "The new account" }),
+          ...errorResponses(409, 415, 422, 429),
+        },
+        detail: { operationId: "auth_register", summary: "Create an account" },
       },
     )
     .post(
       "/login",
-      async ({ body, request, server, set }) => {
-        const identifier = (body.username ?? body.email)?.trim().toLowerCase();
+      ({ body }) => {
+        const identifier = loginIdentifier(body);
         if (!identifier) throw errors.validation([{ field: "username", issue: "Username or email is required" }]);
-        await limits.enforce(set, "login-ip", limits.ipOf(request, server), rules.loginIp);
-        await limits.enforce(set, "login", identifier, rules.login);
         return auth.login(identifier, body.password);
       },
       {
         body: LoginBody,
-        response: { 200: Tokens, ...errorResponses(401, 422, 429) },
+        rateLimit: [
+          { rule: "loginIp", key: perIp },
+          { rule: "login", key: perAccount },
+        ],
+        response: { 200: Tokens, ...errorResponses(401, 415, 422, 429) },
         detail: {
+          operationId: "auth_login",
           summary: "Log in",
           description:
-            "JSON `{username, password}` (username may be the email) or `{email, password}`, or the OAuth2 password form (`application/x-www-form-urlencoded`).",
+            "JSON `{username, password}` (username may be the email) or `{email, password}`, or the OAuth2 password form (`application/x-www-form-urlencoded`). The username and the email of one account share one rate-limit bucket.",
         },
       },
     )
@@ -82,11 +80,12 @@ export function authRoutes(deps: {
       },
       {
         body: RefreshBody,
-        response: { 200: Tokens, ...errorResponses(401, 422) },
+        response: { 200: Tokens, ...errorResponses(401, 415, 422) },
         detail: {
+          operationId: "auth_refresh",
           summary: "Exchange a refresh token for a new pair",
           description:
-            "The refresh token comes as `Authorization: Bearer` or `{refresh_token}`. The old one stops working; replaying it ends the session.",
+            "The refresh token comes as `Authorization: Bearer` or `{refresh_token}`. The old one stops working: presenting it again within `REFRESH_GRACE_SECONDS` (5 s by default; two tabs refreshing at once) returns the same new pair, and after that ends the session.",
         },
       },
     )
@@ -99,22 +98,29 @@ export function authRoutes(deps: {
       {
         auth: requireAuth,
         body: RefreshBody,
-        response: { 204: t.Void(), ...errorResponses(401, 422) },
-        detail: { summary: "Revoke the access token and its session", security: BEARER_SECURITY },
+        response: { 204: t.Void({ description: "Logged out" }), ...errorResponses(401, 415, 422) },
+        detail: {
+          operationId: "auth_logout",
+          summary: "Revoke the access token and its session",
+          security: BEARER_SECURITY,
+        },
       },
     )
     .post(
       "/request-password-reset",
       async ({ body, set }) => {
-        await limits.enforce(set, "password-reset", body.email.toLowerCase(), rules.passwordReset);
         await auth.requestPasswordReset(body.email);
         set.status = 202;
         return { message: "If an account with that email exists, a reset link has been sent." };
       },
       {
-        body: t.Object({ email: Email }),
-        response: { 202: Message, ...errorResponses(422, 429) },
-        detail: { summary: "Email a password-reset link" },
+        body: ResetRequestBody,
+        rateLimit: { rule: "passwordReset", key: perEmail },
+        response: {
+          202: t.Composite([Message], { description: "Accepted, whether or not the email exists" }),
+          ...errorResponses(415, 422, 429),
+        },
+        detail: { operationId: "auth_request_password_reset", summary: "Email a password-reset link" },
       },
     )
     .post(
@@ -124,14 +130,17 @@ export function authRoutes(deps: {
         return { message: "Password has been reset. Log in with the new password." };
       },
       {
-        body: t.Object({ token: t.String({ maxLength: 2048 }), new_password: Password }),
-        response: { 200: Message, ...errorResponses(400, 422) },
-        detail: { summary: "Set a new password with a reset token" },
+        body: ResetBody,
+        response: {
+          200: t.Composite([Message], { description: "Password changed" }),
+          ...errorResponses(400, 415, 422),
+        },
+        detail: { operationId: "auth_reset_password", summary: "Set a new password with a reset token" },
       },
     )
     .get("/me", ({ principal }) => principal.user, {
       auth: requireAuth,
       response: { 200: User, ...errorResponses(401) },
-      detail: { summary: "The current user", security: BEARER_SECURITY },
+      detail: { operationId: "auth_me", summary: "The current user", security: BEARER_SECURITY },
     });
 }

@@ -1,26 +1,21 @@
 import type { Config } from "../../config";
-import type { Principal } from "../../http/auth";
 import { errors } from "../../http/errors";
-import type { KeyValueStore } from "../../platform/kv";
 import type { Logger } from "../../platform/logger";
 import type { Mailer } from "../../platform/mail";
 import type { PasswordHasher } from "../../platform/passwords";
-import type { UserCache } from "../users/cache";
-import { userCacheKey } from "../users/cache";
-import { type PublicUser, toPublicUser } from "../users/model";
+import { toPublicUser } from "../users/model";
 import type { UsersRepo } from "../users/repo";
-import type { AuthRepo } from "./repo";
-import type { Revocation } from "./revocation";
-import type { TokenPair, TokenService } from "./tokens";
+import type { AccessStateCache } from "./access-state";
+import type { Principal, TokenPair } from "./model";
+import type { AuthRepo, SessionRow } from "./repo";
+import type { Subject, TokenService } from "./tokens";
 
 export interface AuthDeps {
-  config: Pick<Config, "PASSWORD_RESET_URL">;
-  kv: KeyValueStore;
+  config: Pick<Config, "PASSWORD_RESET_URL" | "REFRESH_GRACE_SECONDS">;
   repo: AuthRepo;
   users: UsersRepo;
-  userCache: UserCache;
+  access: AccessStateCache;
   tokens: TokenService;
-  revocation: Revocation;
   passwords: PasswordHasher;
   mailer: Mailer;
   logger: Logger;
@@ -33,29 +28,74 @@ export function bearerToken(authorization: string | undefined): string | undefin
   return match?.[1];
 }
 
-export function createAuthService(deps: AuthDeps) {
-  const { kv, repo, users, userCache, tokens, revocation, passwords, mailer, logger } = deps;
+/** Ties a reset link to the password it replaces: a later change gives another fingerprint. */
+async function passwordFingerprint(passwordHash: string): Promise<string> {
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(passwordHash)));
+  return Buffer.from(digest.subarray(0, 12)).toString("base64url");
+}
 
-  async function startSession(user: PublicUser): Promise<TokenPair> {
-    const refreshJti = crypto.randomUUID();
+/** The link the mail carries: `{token}` is replaced if present, else a `token` query parameter is added. */
+export function resetLink(base: string, token: string): string {
+  if (base.includes("{token}")) return base.replaceAll("{token}", encodeURIComponent(token));
+  const url = new URL(base);
+  url.searchParams.set("token", token);
+  return url.toString();
+}
+
+export function createAuthService(deps: AuthDeps) {
+  const { repo, users, access, tokens, passwords, mailer, logger } = deps;
+  const graceMs = deps.config.REFRESH_GRACE_SECONDS * 1000;
+
+  const pairOf = (subject: Subject, session: SessionRow) =>
+    tokens.pair(subject, {
+      sid: session.id,
+      accessJti: session.accessJti as string,
+      refreshJti: session.refreshJti,
+      issuedAt: Math.floor((session.rotatedAt as Date).getTime() / 1000),
+    });
+
+  async function startSession(subject: Subject): Promise<TokenPair> {
     const session = await repo.createSession({
-      userId: user.id,
-      refreshJti,
+      userId: subject.id,
+      refreshJti: crypto.randomUUID(),
+      accessJti: crypto.randomUUID(),
       expiresAt: new Date(Date.now() + tokens.lifetimes.refresh * 1000),
     });
-    return tokens.pair(user, session.id, refreshJti);
+    return pairOf(subject, session);
   }
 
+  /** A second refresh with the token just rotated, within the grace window: a racing tab, not a thief. */
+  const isGraceRace = (session: SessionRow, jti: string) =>
+    session.previousJti === jti &&
+    session.accessJti !== null &&
+    session.rotatedAt !== null &&
+    Date.now() - session.rotatedAt.getTime() < graceMs;
+
   return {
+    /**
+     * The login rate-limit key: the account's id when the identifier names one, so its username and
+     * email share one bucket; the identifier itself otherwise.
+     */
+    async loginBucket(identifier: string): Promise<string> {
+      return (await users.findByLogin(identifier))?.id ?? identifier;
+    },
+
     /** One answer for an unknown user, a wrong password and a deactivated account, in the same time. */
     async login(identifier: string, password: string): Promise<TokenPair> {
       const row = await users.findByLogin(identifier);
       const valid = row ? await passwords.verify(password, row.passwordHash) : await passwords.burn(password);
       if (!row || !valid || !row.isActive) throw errors.invalidCredentials();
+      if (passwords.needsRehash(row.passwordHash)) {
+        // A hash of another cost would verify in another time than the rest: bring it to BCRYPT_ROUNDS.
+        await users.setPasswordHash(row.id, row.passwordHash, await passwords.hash(password));
+      }
       return startSession(toPublicUser(row));
     },
 
-    /** Rotates the refresh token; presenting an already-rotated one ends the whole session. */
+    /**
+     * Rotates the refresh token. Presenting the token just replaced within REFRESH_GRACE_SECONDS gives
+     * the same new pair (two tabs refreshing at once); any other already-rotated token ends the session.
+     */
     async refresh(refreshToken: string): Promise<TokenPair> {
       const claims = await tokens.verify(refreshToken, "refresh");
       const sid = claims.sid as string;
@@ -63,58 +103,51 @@ export function createAuthService(deps: AuthDeps) {
       if (!session || session.revokedAt || session.expiresAt.getTime() <= Date.now()) {
         throw invalidToken("Session has ended; log in again");
       }
-      const nextJti = crypto.randomUUID();
-      if (session.refreshJti !== claims.jti || !(await repo.rotateRefresh(sid, claims.jti, nextJti))) {
-        await revocation.revokeSessions([sid]);
-        logger.warn("refresh token reuse detected; session revoked", { user_id: claims.sub, session_id: sid });
-        throw invalidToken("Refresh token already used; session revoked");
-      }
       const row = await users.findById(claims.sub);
       if (!row?.isActive) throw invalidToken("User is inactive or no longer exists");
-      return tokens.pair(toPublicUser(row), sid, nextJti);
+      const subject = toPublicUser(row);
+      if (session.refreshJti === claims.jti) {
+        const next = { refreshJti: crypto.randomUUID(), accessJti: crypto.randomUUID() };
+        const rotated = await repo.rotateRefresh(sid, claims.jti, next);
+        if (rotated) return pairOf(subject, rotated);
+      }
+      // Lost the race to a concurrent refresh with the same token: that refresh's pair, if still in grace.
+      const current = (await repo.findSession(sid)) ?? session;
+      if (!current.revokedAt && isGraceRace(current, claims.jti)) return pairOf(subject, current);
+      await access.revokeSessions([sid]);
+      logger.warn("refresh token reuse detected; session revoked", { user_id: claims.sub, session_id: sid });
+      throw invalidToken("Refresh token already used; session revoked");
     },
 
     /** Revokes the access token and its session; an optional refresh token's session (same user) ends too. */
     async logout(principal: Principal, refreshToken?: string): Promise<void> {
-      const sessions = new Set([principal.claims.sid as string]);
+      const sessions = new Set([principal.claims.sid]);
       if (refreshToken) {
         const refresh = await tokens.verify(refreshToken, "refresh").catch(() => undefined);
         if (refresh?.sub === principal.user.id) sessions.add(refresh.sid as string);
       }
-      await revocation.revokeToken(principal.claims);
-      await revocation.revokeSessions([...sessions]);
+      await access.revokeToken(principal.claims);
+      await access.revokeSessions([...sessions]);
     },
 
-    /**
-     * The per-request check behind every guarded route: token, revocation and the user, with the
-     * store answering in one round trip; the database answers when the store cannot.
-     */
+    /** The per-request check behind every guarded route: the token, its revocation and the current user. */
     async authenticate(authorization: string | undefined): Promise<Principal> {
       const token = bearerToken(authorization);
       if (!token) throw errors.unauthenticated("AUTHENTICATION_REQUIRED", "Not authenticated");
       const claims = await tokens.verify(token, "access");
-      const revocationKeys = revocation.keys(claims);
-      const cached = await kv.getMany([userCacheKey(claims.sub), ...revocationKeys]).catch(() => undefined);
-      const state = cached ? revocation.interpret(cached.slice(1)) : "unknown";
-      const revoked = state === "unknown" ? await revocation.checkDurably(claims) : state === "revoked";
+      const { user, revoked } = await access.lookup(claims);
       if (revoked) throw invalidToken("Token has been revoked");
-
-      let user = userCache.parse(cached?.[0]);
-      if (!user) {
-        const row = await users.findById(claims.sub);
-        user = row && toPublicUser(row);
-        if (user && cached) await userCache.put(user);
-      }
       if (!user?.is_active) throw invalidToken("User is inactive or no longer exists");
-      return { user, claims };
+      return { user, claims: claims as Principal["claims"] };
     },
 
     /** Always succeeds for the caller; a mail goes out only when an active account has this email. */
     async requestPasswordReset(email: string): Promise<void> {
       const row = await users.findByEmail(email);
       if (!row?.isActive) return;
-      const token = await tokens.resetToken(toPublicUser(row), crypto.randomUUID());
-      const link = `${deps.config.PASSWORD_RESET_URL}?token=${encodeURIComponent(token)}`;
+      const fingerprint = await passwordFingerprint(row.passwordHash);
+      const token = await tokens.resetToken(toPublicUser(row), crypto.randomUUID(), fingerprint);
+      const link = resetLink(deps.config.PASSWORD_RESET_URL, token);
       const minutes = tokens.lifetimes.reset / 60;
       // Not awaited: the response must not reveal, by its timing, that a mail was sent.
       mailer
@@ -126,20 +159,24 @@ export function createAuthService(deps: AuthDeps) {
         .catch((error: Error) => logger.error("password reset mail failed", { user_id: row.id, error: error.message }));
     },
 
+    /** Works once, and only while the password is the one the link was issued against. */
     async resetPassword(token: string, newPassword: string): Promise<void> {
       const claims = await tokens.verify(token, "reset").catch(() => {
         throw errors.badRequest("Invalid or expired reset token");
       });
       const user = await users.findById(claims.sub);
-      if (!user?.isActive) throw errors.badRequest("Invalid or expired reset token");
+      if (!user?.isActive || (await passwordFingerprint(user.passwordHash)) !== claims.pwh) {
+        throw errors.badRequest("Invalid or expired reset token");
+      }
       const hash = await passwords.hash(newPassword);
       const spent = await repo.spendResetToken(
         { jti: claims.jti, userId: claims.sub, expiresAt: new Date(claims.exp * 1000) },
+        user.passwordHash,
         hash,
       );
       if (!spent) throw errors.badRequest("Reset token has already been used");
-      await userCache.invalidate(claims.sub);
-      await revocation.revokeUserSessions(claims.sub);
+      await access.userChanged(claims.sub);
+      await access.revokeUserSessions(claims.sub);
     },
   };
 }

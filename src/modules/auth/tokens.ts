@@ -2,32 +2,22 @@ import { errors as joseErrors, jwtVerify, SignJWT } from "jose";
 import type { Config } from "../../config";
 import type { Role } from "../../db/schema";
 import { errors } from "../../http/errors";
-
-export type TokenType = "access" | "refresh" | "reset";
-
-export interface Claims {
-  sub: string;
-  username: string;
-  role: Role;
-  type: TokenType;
-  jti: string;
-  /** The login session the token belongs to (absent on reset tokens). */
-  sid?: string;
-  iat: number;
-  exp: number;
-}
-
-export interface TokenPair {
-  access_token: string;
-  refresh_token: string;
-  token_type: "bearer";
-  expires_in: number;
-}
+import { isUuid } from "../../http/formats";
+import type { Claims, TokenPair, TokenType } from "./model";
 
 export interface Subject {
   id: string;
   username: string;
   role: Role;
+}
+
+/** One issued pair, named by what makes it reproducible: signing the same claims gives the same tokens. */
+export interface PairIds {
+  sid: string;
+  accessJti: string;
+  refreshJti: string;
+  /** Seconds since the epoch. */
+  issuedAt: number;
 }
 
 const VERIFIED_CACHE_SIZE = 10_000;
@@ -58,13 +48,19 @@ export function createTokenService(
     reset: config.PASSWORD_RESET_EXPIRE_MINUTES * 60,
   };
 
-  async function sign(subject: Subject, type: TokenType, jti: string, sid?: string): Promise<string> {
-    return new SignJWT({ username: subject.username, role: subject.role, type, ...(sid ? { sid } : {}) })
+  async function sign(
+    subject: Subject,
+    type: TokenType,
+    jti: string,
+    extra: { sid?: string; pwh?: string },
+    issuedAt = Math.floor(Date.now() / 1000),
+  ): Promise<string> {
+    return new SignJWT({ username: subject.username, role: subject.role, type, ...extra })
       .setProtectedHeader({ alg: config.ALGORITHM, typ: "JWT" })
       .setSubject(subject.id)
       .setJti(jti)
-      .setIssuedAt()
-      .setExpirationTime(`${lifetimes[type]}s`)
+      .setIssuedAt(issuedAt)
+      .setExpirationTime(issuedAt + lifetimes[type])
       .sign(await key());
   }
 
@@ -75,17 +71,20 @@ export function createTokenService(
   return {
     lifetimes,
 
-    async pair(subject: Subject, sid: string, refreshJti: string): Promise<TokenPair> {
+    /** HMAC is deterministic: the same subject and ids give byte-identical tokens (the refresh grace window). */
+    async pair(subject: Subject, ids: PairIds): Promise<TokenPair> {
       const [access, refresh] = await Promise.all([
-        sign(subject, "access", crypto.randomUUID(), sid),
-        sign(subject, "refresh", refreshJti, sid),
+        sign(subject, "access", ids.accessJti, { sid: ids.sid }, ids.issuedAt),
+        sign(subject, "refresh", ids.refreshJti, { sid: ids.sid }, ids.issuedAt),
       ]);
       return { access_token: access, refresh_token: refresh, token_type: "bearer", expires_in: lifetimes.access };
     },
 
-    resetToken: (subject: Subject, jti: string) => sign(subject, "reset", jti),
+    /** `fingerprint` ties the token to the password it may replace: any later change voids it. */
+    resetToken: (subject: Subject, jti: string, fingerprint: string) =>
+      sign(subject, "reset", jti, { pwh: fingerprint }),
 
-    /** Verifies signature, algorithm (only the configured one: never `none`), expiry and the token's `type`. */
+    /** Verifies signature, algorithm (only the configured one: never `none`), expiry, `type` and the ids' shape. */
     async verify(token: string, type: TokenType): Promise<Claims> {
       const known = verified.get(token);
       if (known && known.type === type && known.exp * 1000 > Date.now()) return known;
@@ -96,12 +95,13 @@ export function createTokenService(
         if (error instanceof joseErrors.JWTExpired) throw errors.unauthenticated("TOKEN_EXPIRED", "Token has expired");
         throw errors.unauthenticated("INVALID_TOKEN", "Invalid token");
       }
+      const uuid = (value: unknown) => typeof value === "string" && isUuid(value);
       const wellFormed =
         payload.type === type &&
-        typeof payload.sub === "string" &&
-        typeof payload.jti === "string" &&
+        uuid(payload.sub) &&
+        uuid(payload.jti) &&
         typeof payload.exp === "number" &&
-        (type === "reset" || typeof payload.sid === "string");
+        (type === "reset" ? typeof payload.pwh === "string" : uuid(payload.sid));
       if (!wellFormed) throw errors.unauthenticated("INVALID_TOKEN", `Not a valid ${type} token`);
       const claims = payload as unknown as Claims;
       if (verified.size >= VERIFIED_CACHE_SIZE) verified.delete(verified.keys().next().value as string);

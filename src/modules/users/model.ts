@@ -1,8 +1,10 @@
 import { t } from "elysia";
 import type { UserRow } from "../../db/schema";
+import { MULTI_LINE_CHARS, MultiLine, SingleLine } from "../../http/text";
 
 const USERNAME_RULE = "3 to 50 characters: letters, digits, '_', '.' or '-'";
-const PASSWORD_RULE = "8 to 128 characters with at least one letter and one digit";
+const PASSWORD_RULE =
+  "8 to 128 characters with at least one letter and one digit, and no control characters but tab and newline";
 
 export const Username = t.String({
   minLength: 3,
@@ -20,12 +22,16 @@ export const Email = t.String({
 export const Password = t.String({
   minLength: 8,
   maxLength: 128,
-  pattern: "^(?=.*[A-Za-z])(?=.*[0-9]).*$",
+  pattern: `^(?=[\\s\\S]*[A-Za-z])(?=[\\s\\S]*[0-9])${MULTI_LINE_CHARS}*$`,
   error: `Password must be ${PASSWORD_RULE}`,
 });
+/** A password as typed at login or to confirm a change: only bounded, never checked against the rules. */
+export const GivenPassword = MultiLine({ maxLength: 128 });
 export const Role = t.Union([t.Literal("user"), t.Literal("admin")]);
-const Name = t.String({ maxLength: 255 });
-const Bio = t.String({ maxLength: 5000 });
+const Name = SingleLine({ maxLength: 255 });
+const Bio = MultiLine({ maxLength: 5000 });
+export const Uuid = t.String({ format: "uuid", error: "Must be a UUID" });
+const DateTime = t.String({ format: "date-time", error: "Must be an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z" });
 
 export const User = t.Object(
   {
@@ -39,45 +45,42 @@ export const User = t.Object(
     created_at: t.String({ format: "date-time" }),
     updated_at: t.String({ format: "date-time" }),
   },
-  { title: "User" },
+  { title: "User", description: "The user" },
 );
 export type PublicUser = typeof User.static;
 
 export const RegisterBody = t.Object({ username: Username, email: Email, password: Password, name: t.Optional(Name) });
-export const AdminCreateBody = t.Object({
-  username: Username,
-  email: Email,
-  password: Password,
-  name: t.Optional(Name),
-  role: t.Optional(Role),
-});
+export const AdminCreateBody = t.Composite([RegisterBody, t.Object({ role: t.Optional(Role) })]);
+export type NewAccount = typeof AdminCreateBody.static;
+
 export const ProfilePatch = t.Object({
   username: t.Optional(Username),
   email: t.Optional(Email),
   name: t.Optional(t.Nullable(Name)),
   bio: t.Optional(t.Nullable(Bio)),
 });
-export const AdminPatch = t.Object({
-  username: t.Optional(Username),
-  email: t.Optional(Email),
-  name: t.Optional(t.Nullable(Name)),
-  bio: t.Optional(t.Nullable(Bio)),
-  role: t.Optional(Role),
-  is_active: t.Optional(t.Boolean()),
-});
-export const PasswordChange = t.Object({ current_password: t.String({ maxLength: 128 }), new_password: Password });
+export type ProfileChanges = typeof ProfilePatch.static;
+export const AdminPatch = t.Composite([
+  ProfilePatch,
+  t.Object({ role: t.Optional(Role), is_active: t.Optional(t.Boolean()) }),
+]);
+export type AdminChanges = typeof AdminPatch.static;
+
+export const PasswordChange = t.Object({ current_password: GivenPassword, new_password: Password });
+export const IdParams = t.Object({ id: Uuid });
 
 const UserFilters = t.Object({
-  q: t.Optional(t.String({ maxLength: 100, description: "Substring of username, email or name" })),
+  q: t.Optional(SingleLine({ maxLength: 100, description: "Substring of username, email or name" })),
   role: t.Optional(Role),
   is_active: t.Optional(t.Boolean()),
-  created_after: t.Optional(t.String({ format: "date-time" })),
-  created_before: t.Optional(t.String({ format: "date-time" })),
+  created_after: t.Optional(DateTime),
+  created_before: t.Optional(DateTime),
 });
 export const UserListQuery = t.Composite([
   UserFilters,
   t.Object({
-    offset: t.Integer({ minimum: 0, default: 0 }),
+    // Bounded by what Postgres takes as an offset without overflowing into an error.
+    offset: t.Integer({ minimum: 0, maximum: 2_147_483_647, default: 0 }),
     limit: t.Integer({ minimum: 1, maximum: 100, default: 20 }),
     sort: t.Union([t.Literal("created_at"), t.Literal("username"), t.Literal("email")], { default: "created_at" }),
     order: t.Union([t.Literal("asc"), t.Literal("desc")], { default: "desc" }),
@@ -89,12 +92,11 @@ export const ExportQuery = t.Composite([
 ]);
 export const UserList = t.Object(
   { items: t.Array(User), total: t.Integer(), offset: t.Integer(), limit: t.Integer() },
-  { title: "UserList" },
+  { title: "UserList", description: "One page of users, with the total of all matches" },
 );
 
 export type UserFilter = typeof UserFilters.static;
 export type UserListParams = typeof UserListQuery.static;
-export type ProfileChanges = typeof AdminPatch.static;
 
 export function toPublicUser(row: UserRow): PublicUser {
   return {

@@ -1,4 +1,4 @@
-import { and, asc, count, desc, eq, gt, gte, ilike, lte, or, type SQL, sql } from "drizzle-orm";
+import { and, asc, count, desc, eq, gt, gte, ilike, lte, ne, or, type SQL, sql } from "drizzle-orm";
 import type { Orm } from "../../db/client";
 import { type UserRow, users } from "../../db/schema";
 import type { UserFilter, UserListParams } from "./model";
@@ -24,6 +24,27 @@ function where(filter: UserFilter): SQL | undefined {
     filter.created_after ? gte(users.createdAt, new Date(filter.created_after)) : undefined,
     filter.created_before ? lte(users.createdAt, new Date(filter.created_before)) : undefined,
   );
+}
+
+/** Any constant shared by every instance; it names the admin lock in pg_locks. */
+const ADMIN_LOCK_KEY = 7_240_312;
+
+type Tx = Parameters<Parameters<Orm["transaction"]>[0]>[0];
+
+/** Under the admin lock (held to the end of `tx`): is `id` the only active admin? */
+async function isLastAdmin(tx: Tx, id: string): Promise<boolean> {
+  await tx.execute(sql`select pg_advisory_xact_lock(${ADMIN_LOCK_KEY})`);
+  const [target] = await tx
+    .select({ role: users.role, isActive: users.isActive })
+    .from(users)
+    .where(eq(users.id, id))
+    .limit(1);
+  if (target?.role !== "admin" || !target.isActive) return false;
+  const [others] = await tx
+    .select({ total: count() })
+    .from(users)
+    .where(and(eq(users.role, "admin"), eq(users.isActive, true), ne(users.id, id)));
+  return (others?.total ?? 0) === 0;
 }
 
 export function createUsersRepo(orm: Orm) {
@@ -68,12 +89,12 @@ export function createUsersRepo(orm: Orm) {
       return taken;
     },
 
-    async countActiveAdmins(): Promise<number> {
-      const [row] = await orm
-        .select({ total: count() })
-        .from(users)
-        .where(and(eq(users.role, "admin"), eq(users.isActive, true)));
-      return row?.total ?? 0;
+    /** Replaces a hash only if it is still `current` (a rehash must not undo a concurrent change). */
+    async setPasswordHash(id: string, current: string, next: string): Promise<void> {
+      await orm
+        .update(users)
+        .set({ passwordHash: next })
+        .where(and(eq(users.id, id), eq(users.passwordHash, current)));
     },
 
     async insert(user: NewUser): Promise<UserRow> {
@@ -81,18 +102,30 @@ export function createUsersRepo(orm: Orm) {
       return row as UserRow;
     },
 
-    async update(id: string, changes: UserUpdate): Promise<UserRow | undefined> {
-      const [row] = await orm
-        .update(users)
-        .set({ ...changes, updatedAt: new Date() })
-        .where(eq(users.id, id))
-        .returning();
-      return row;
+    /**
+     * Updates a user; with `keepAnAdmin`, refuses ("last-admin") when the change would leave no active
+     * admin. Changes that can remove an admin are serialised by a transaction-scoped advisory lock, so
+     * two of them racing (mutual demotion, crossed deactivation) cannot both see another admin left.
+     */
+    async update(id: string, changes: UserUpdate, keepAnAdmin = false): Promise<UserRow | undefined | "last-admin"> {
+      const write = (tx: Orm) =>
+        tx
+          .update(users)
+          .set({ ...changes, updatedAt: new Date() })
+          .where(eq(users.id, id))
+          .returning()
+          .then(([row]) => row);
+      if (!keepAnAdmin) return write(orm);
+      return orm.transaction(async (tx) => ((await isLastAdmin(tx, id)) ? "last-admin" : write(tx as unknown as Orm)));
     },
 
-    async delete(id: string): Promise<boolean> {
-      const rows = await orm.delete(users).where(eq(users.id, id)).returning({ id: users.id });
-      return rows.length > 0;
+    /** Deletes a user, refusing ("last-admin") to delete the last active admin; serialised like `update`. */
+    async delete(id: string): Promise<boolean | "last-admin"> {
+      return orm.transaction(async (tx) => {
+        if (await isLastAdmin(tx, id)) return "last-admin";
+        const rows = await tx.delete(users).where(eq(users.id, id)).returning({ id: users.id });
+        return rows.length > 0;
+      });
     },
 
     async list(params: UserListParams): Promise<{ rows: UserRow[]; total: number }> {

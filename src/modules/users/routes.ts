@@ -5,51 +5,63 @@ import {
   AdminCreateBody,
   AdminPatch,
   ExportQuery,
+  IdParams,
   PasswordChange,
   ProfilePatch,
+  type PublicUser,
   User,
   UserList,
   UserListQuery,
 } from "./model";
 import type { UsersService } from "./service";
 
-const secured = (summary: string, description?: string) => ({ summary, description, security: BEARER_SECURITY });
-const IdParams = t.Object({ id: t.String({ format: "uuid" }) });
+const secured = (operationId: string, summary: string, description?: string) => ({
+  operationId,
+  summary,
+  description,
+  security: BEARER_SECURITY,
+});
 
-export function usersRoutes(deps: { users: UsersService; guard: AuthGuard }) {
+/** What these routes need of the authenticated caller. */
+export type UsersPrincipal = { user: PublicUser; claims: { sid: string } };
+
+export function usersRoutes<P extends UsersPrincipal>(deps: { users: UsersService; guard: AuthGuard<P> }) {
   const { users, guard } = deps;
-  const updateMe = {
+  const updateMe = (operationId: string) => ({
     auth: requireAuth,
     body: ProfilePatch,
-    response: { 200: User, ...errorResponses(401, 409, 422) },
-    detail: secured("Update my profile", "Only the given fields change. 409 when the username or email is taken."),
-  };
+    response: { 200: User, ...errorResponses(401, 409, 415, 422) },
+    detail: secured(
+      operationId,
+      "Update my profile",
+      "Only the given fields change. 409 when the username or email is taken.",
+    ),
+  });
 
   return new Elysia({ prefix: "/users", detail: { tags: ["users"] } })
     .use(guard)
     .get("/me", ({ principal }) => principal.user, {
       auth: requireAuth,
       response: { 200: User, ...errorResponses(401) },
-      detail: secured("My profile"),
+      detail: secured("users_me", "My profile"),
     })
-    .put("/me", ({ principal, body }) => users.update(principal.user.id, body), updateMe)
-    .patch("/me", ({ principal, body }) => users.update(principal.user.id, body), updateMe)
+    .put("/me", ({ principal, body }) => users.updateProfile(principal.user.id, body), updateMe("users_replace_me"))
+    .patch("/me", ({ principal, body }) => users.updateProfile(principal.user.id, body), updateMe("users_update_me"))
     .post(
       "/me/password",
       async ({ principal, body, set }) => {
-        await users.changePassword(
-          principal.user.id,
-          body.current_password,
-          body.new_password,
-          principal.claims.sid as string,
-        );
+        await users.changePassword(principal.user.id, body.current_password, body.new_password, principal.claims.sid);
         set.status = 204;
       },
       {
         auth: requireAuth,
         body: PasswordChange,
-        response: { 204: t.Void(), ...errorResponses(401, 422) },
-        detail: secured("Change my password", "Every other session of the account is logged out."),
+        response: { 204: t.Void({ description: "Password changed" }), ...errorResponses(401, 415, 422) },
+        detail: secured(
+          "users_change_password",
+          "Change my password",
+          "Every other session of the account is logged out, and every reset link issued before is void. Wrong `current_password` guesses are limited (`RATE_LIMIT_PASSWORD_CHANGE`).",
+        ),
       },
     )
     .delete(
@@ -60,8 +72,9 @@ export function usersRoutes(deps: { users: UsersService; guard: AuthGuard }) {
       },
       {
         auth: requireAuth,
-        response: { 204: t.Void(), ...errorResponses(401, 409) },
+        response: { 204: t.Void({ description: "Account deactivated" }), ...errorResponses(401, 409) },
         detail: secured(
+          "users_deactivate_me",
           "Deactivate my account",
           "Every token of the account stops working at once. 409 for the last active admin.",
         ),
@@ -71,7 +84,7 @@ export function usersRoutes(deps: { users: UsersService; guard: AuthGuard }) {
       auth: requirePermission("users:read"),
       query: UserListQuery,
       response: { 200: UserList, ...errorResponses(401, 403, 422) },
-      detail: secured("List users (admin)"),
+      detail: secured("users_list", "List users (admin)"),
     })
     .post(
       "",
@@ -83,14 +96,17 @@ export function usersRoutes(deps: { users: UsersService; guard: AuthGuard }) {
       {
         auth: requirePermission("users:write"),
         body: AdminCreateBody,
-        response: { 201: User, ...errorResponses(401, 403, 409, 422) },
-        detail: secured("Create a user (admin)"),
+        response: {
+          201: t.Composite([User], { description: "The created user" }),
+          ...errorResponses(401, 403, 409, 415, 422),
+        },
+        detail: secured("users_create", "Create a user (admin)"),
       },
     )
     .get(
       "/export",
-      ({ query }) =>
-        new Response(users.export(query, query.format), {
+      async ({ query }) =>
+        new Response(await users.export(query, query.format), {
           headers:
             query.format === "json"
               ? { "content-type": "application/x-ndjson; charset=utf-8" }
@@ -106,21 +122,30 @@ export function usersRoutes(deps: { users: UsersService; guard: AuthGuard }) {
           200: t.String({ description: "CSV (default) or JSON lines, streamed" }),
           ...errorResponses(401, 403, 422),
         },
-        detail: secured("Export users (admin)", "Every user matching the filters, streamed, with no row cap."),
+        detail: {
+          ...secured(
+            "users_export",
+            "Export users (admin)",
+            "Every user matching the filters, streamed, with no row cap.",
+          ),
+          // The real media types, which the generator cannot know from a string schema.
+          "x-response-media-types": { 200: ["text/csv", "application/x-ndjson"] },
+        },
       },
     )
     .get("/:id", ({ params }) => users.get(params.id), {
       auth: requirePermission("users:read"),
       params: IdParams,
       response: { 200: User, ...errorResponses(401, 403, 404, 422) },
-      detail: secured("Get a user (admin)"),
+      detail: secured("users_get", "Get a user (admin)"),
     })
     .patch("/:id", ({ params, body }) => users.update(params.id, body), {
       auth: requirePermission("users:write"),
       params: IdParams,
       body: AdminPatch,
-      response: { 200: User, ...errorResponses(401, 403, 404, 409, 422) },
+      response: { 200: User, ...errorResponses(401, 403, 404, 409, 415, 422) },
       detail: secured(
+        "users_update",
         "Update a user (admin)",
         "Deactivation and role changes apply to the user's very next request. 409 when it would leave no active admin.",
       ),
@@ -134,8 +159,12 @@ export function usersRoutes(deps: { users: UsersService; guard: AuthGuard }) {
       {
         auth: requirePermission("users:write"),
         params: IdParams,
-        response: { 204: t.Void(), ...errorResponses(401, 403, 404, 409, 422) },
-        detail: secured("Delete a user (admin)", "The user's files go with it. 409 for the last active admin."),
+        response: { 204: t.Void({ description: "User deleted" }), ...errorResponses(401, 403, 404, 409, 422) },
+        detail: secured(
+          "users_delete",
+          "Delete a user (admin)",
+          "The user's files go with it. 409 for the last active admin.",
+        ),
       },
     );
 }

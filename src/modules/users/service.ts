@@ -1,18 +1,30 @@
 import { stringify } from "csv-stringify/sync";
-import type { Role } from "../../db/schema";
-import { errors } from "../../http/errors";
+import { errors, loggableError } from "../../http/errors";
+import type { Logger } from "../../platform/logger";
 import type { PasswordHasher } from "../../platform/passwords";
-import type { Revocation } from "../auth/revocation";
-import type { UserCache } from "./cache";
-import { type ProfileChanges, type PublicUser, toPublicUser, type UserFilter, type UserListParams } from "./model";
+import {
+  type AdminChanges,
+  type NewAccount,
+  type ProfileChanges,
+  type PublicUser,
+  toPublicUser,
+  type UserFilter,
+  type UserListParams,
+} from "./model";
 import type { UsersRepo, UserUpdate } from "./repo";
 
-export interface NewAccount {
-  username: string;
-  email: string;
-  password: string;
-  name?: string;
-  role?: Role;
+/** What the users module needs from whoever caches users and holds sessions (the auth module). */
+export interface AccountHooks {
+  /** Called after every change to a user row, once the database has it. */
+  userChanged(id: string): Promise<void>;
+  /** Ends every login of the user except `keep`. */
+  endSessions(id: string, keep?: string): Promise<void>;
+}
+
+/** A limit on wrong guesses: `check` throws once too many failed, `fail` counts one. */
+export interface GuessLimit {
+  check(key: string): Promise<void>;
+  fail(key: string): Promise<void>;
 }
 
 const EXPORT_COLUMNS = [
@@ -37,13 +49,16 @@ function csvLine(user: PublicUser): string {
   });
 }
 
+const lastAdmin = () => errors.conflict("This is the last active admin; promote another user first");
+
 export function createUsersService(deps: {
   repo: UsersRepo;
-  cache: UserCache;
   passwords: PasswordHasher;
-  revocation: Revocation;
+  hooks: AccountHooks;
+  passwordGuesses: GuessLimit;
+  logger: Logger;
 }) {
-  const { repo, cache, passwords, revocation } = deps;
+  const { repo, passwords, hooks, passwordGuesses, logger } = deps;
 
   async function refuseTaken(values: { username?: string; email?: string }, exceptId?: string) {
     const taken = await repo.takenFields(values, exceptId);
@@ -55,30 +70,30 @@ export function createUsersService(deps: {
     }
   }
 
+  /** Every change to a user goes through here: the row, then the cache, then the sessions if it lost access. */
   async function apply(id: string, changes: UserUpdate): Promise<PublicUser> {
-    const row = await repo.update(id, changes);
-    await cache.invalidate(id);
+    const losesAdmin = changes.role === "user" || changes.isActive === false;
+    const row = await repo.update(id, changes, losesAdmin);
+    if (row === "last-admin") throw lastAdmin();
     if (!row) throw errors.notFound("User");
+    await hooks.userChanged(id);
+    if (changes.isActive === false) await hooks.endSessions(id);
     return toPublicUser(row);
   }
 
-  /** Refuses a change that would leave no active admin to administer the deployment. */
-  async function keepAnAdmin(id: string, losesAdmin: boolean): Promise<void> {
-    if (!losesAdmin) return;
-    const row = await repo.findById(id);
-    if (row?.role === "admin" && row.isActive && (await repo.countActiveAdmins()) <= 1) {
-      throw errors.conflict("This is the last active admin; promote another user first");
-    }
-  }
-
-  async function get(id: string): Promise<PublicUser> {
-    const row = await repo.findById(id);
-    if (!row) throw errors.notFound("User");
-    return toPublicUser(row);
+  async function update(id: string, changes: AdminChanges): Promise<PublicUser> {
+    const { username, email, name, bio, role, is_active: isActive } = changes;
+    await refuseTaken({ username, email }, id);
+    // Named one by one, so nothing else a body might carry can reach the row (undefined = unchanged).
+    return apply(id, { username, email, name, bio, role, isActive });
   }
 
   return {
-    get,
+    async get(id: string): Promise<PublicUser> {
+      const row = await repo.findById(id);
+      if (!row) throw errors.notFound("User");
+      return toPublicUser(row);
+    },
 
     /** Registration and admin creation; a race on the unique indexes still ends as 409 (23505). */
     async create(account: NewAccount): Promise<PublicUser> {
@@ -93,38 +108,34 @@ export function createUsersService(deps: {
       return toPublicUser(row);
     },
 
-    async update(id: string, changes: ProfileChanges): Promise<PublicUser> {
-      const { username, email, name, bio, role, is_active: isActive } = changes;
-      await refuseTaken({ username, email }, id);
-      await keepAnAdmin(id, role === "user" || isActive === false);
-      // Named one by one, so nothing else a body might carry can reach the row (undefined = unchanged).
-      const user = await apply(id, { username, email, name, bio, role, isActive });
-      if (isActive === false) await revocation.revokeUserSessions(id);
-      return user;
-    },
+    /** A user's own profile: the type has no role or active flag to change. */
+    updateProfile: (id: string, changes: ProfileChanges) => update(id, changes),
 
-    /** Checks the current password; the caller's own session survives, every other one ends. */
+    /** An admin's change to any user; demoting or deactivating the last active admin is a 409. */
+    update,
+
+    /** Checks the current password (wrong guesses are limited); this session survives, every other one ends. */
     async changePassword(id: string, current: string, next: string, currentSession: string): Promise<void> {
+      await passwordGuesses.check(id);
       const row = await repo.findById(id);
       if (!row) throw errors.notFound("User");
       if (!(await passwords.verify(current, row.passwordHash))) {
+        await passwordGuesses.fail(id);
         throw errors.validation([{ field: "current_password", issue: "Current password is incorrect" }]);
       }
       await apply(id, { passwordHash: await passwords.hash(next) });
-      await revocation.revokeUserSessions(id, currentSession);
+      await hooks.endSessions(id, currentSession);
     },
 
     async deactivate(id: string): Promise<void> {
-      await keepAnAdmin(id, true);
       await apply(id, { isActive: false });
-      await revocation.revokeUserSessions(id);
     },
 
     async delete(id: string): Promise<void> {
-      await keepAnAdmin(id, true);
       const deleted = await repo.delete(id);
-      await cache.invalidate(id);
+      if (deleted === "last-admin") throw lastAdmin();
       if (!deleted) throw errors.notFound("User");
+      await hooks.userChanged(id);
     },
 
     async list(params: UserListParams) {
@@ -132,21 +143,30 @@ export function createUsersService(deps: {
       return { items: rows.map(toPublicUser), total, offset: params.offset, limit: params.limit };
     },
 
-    /** Every matching user as CSV or JSON lines, produced while the client reads (no row cap). */
-    export(filter: UserFilter, format: "csv" | "json"): ReadableStream<Uint8Array> {
+    /**
+     * Every matching user as CSV or JSON lines, produced while the client reads (no row cap). The first
+     * batch is read before this returns, so a failing query is an error response, not a cut-off 200.
+     */
+    async export(filter: UserFilter, format: "csv" | "json"): Promise<ReadableStream<Uint8Array>> {
       const rows = repo.stream(filter);
+      const first = await rows.next();
       const encoder = new TextEncoder();
       const line = format === "json" ? (user: PublicUser) => `${JSON.stringify(user)}\n` : csvLine;
-      let header = format === "csv";
+      let pending: IteratorResult<Parameters<typeof toPublicUser>[0]> | undefined = first;
       return new ReadableStream({
+        start(controller) {
+          if (format === "csv") controller.enqueue(encoder.encode(stringify([[...EXPORT_COLUMNS]])));
+        },
         async pull(controller) {
-          if (header) {
-            header = false;
-            controller.enqueue(encoder.encode(stringify([EXPORT_COLUMNS as unknown as string[]])));
+          try {
+            const next = pending ?? (await rows.next());
+            pending = undefined;
+            if (next.done) controller.close();
+            else controller.enqueue(encoder.encode(line(toPublicUser(next.value))));
+          } catch (error) {
+            logger.error("user export failed mid-stream", { error: loggableError(error) });
+            controller.error(error);
           }
-          const next = await rows.next();
-          if (next.done) controller.close();
-          else controller.enqueue(encoder.encode(line(toPublicUser(next.value))));
         },
         cancel: () => void rows.return(undefined),
       });

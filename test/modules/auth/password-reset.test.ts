@@ -3,9 +3,7 @@ import { eq } from "drizzle-orm";
 import { SignJWT } from "jose";
 import { SMTPServer } from "smtp-server";
 import { usedPasswordResetTokens } from "../../../src/db/schema";
-import { call, login, makeApp, signUp } from "../../support";
-
-const API = "/api/v1";
+import { API, call, login, makeApp, signUp } from "../../support";
 
 /** A real SMTP server in this process; every message it accepts lands in `inbox`. */
 const inbox: string[] = [];

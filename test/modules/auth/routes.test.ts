@@ -2,9 +2,7 @@ import { describe, expect, spyOn, test } from "bun:test";
 import { eq } from "drizzle-orm";
 import { decodeJwt, SignJWT } from "jose";
 import { authSessions, users } from "../../../src/db/schema";
-import { call, login, makeApp, signUp } from "../../support";
-
-const API = "/api/v1";
+import { API, call, login, makeApp, signUp } from "../../support";
 
 const sign = (secret: string, claims: Record<string, unknown>, alg = "HS256") =>
   new SignJWT(claims).setProtectedHeader({ alg }).sign(new TextEncoder().encode(secret));
@@ -196,8 +194,8 @@ describe("tokens", () => {
     }
   });
 
-  test("refresh rotates; replaying the old token → 401 and the whole session ends", async () => {
-    const { app, deps } = await makeApp();
+  test("refresh rotates; replaying the old token (no grace window) → 401 and the whole session ends", async () => {
+    const { app, deps } = await makeApp({ REFRESH_GRACE_SECONDS: "0" });
     const account = await signUp(app);
     const rotated = await call(app, "POST", `${API}/auth/refresh`, {
       headers: { authorization: `Bearer ${account.refresh}` },

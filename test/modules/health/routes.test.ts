@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { connectPostgres } from "../../../src/db/client";
-import { call, makeApp } from "../../support";
+import { API, call, makeApp } from "../../support";
 
 /** A database nobody listens on: every query fails to connect at once. */
 const unreachableDb = () =>
@@ -9,7 +9,7 @@ const unreachableDb = () =>
 describe("health", () => {
   test("GET /health reports database and cache", async () => {
     const { app } = await makeApp();
-    const res = await call(app, "GET", "/api/v1/health");
+    const res = await call(app, "GET", `${API}/health`);
     expect(res.status).toBe(200);
     expect(res.json).toMatchObject({
       status: "ok",
@@ -23,8 +23,8 @@ describe("health", () => {
 
   test("live and ready answer 200 on a migrated database", async () => {
     const { app } = await makeApp();
-    expect((await call(app, "GET", "/api/v1/health/live")).json).toEqual({ status: "ok" });
-    const ready = await call(app, "GET", "/api/v1/health/ready");
+    expect((await call(app, "GET", `${API}/health/live`)).json).toEqual({ status: "ok" });
+    const ready = await call(app, "GET", `${API}/health/ready`);
     expect(ready.status).toBe(200);
     expect(ready.json).toEqual({ status: "ready", checks: { database: true, migrations: true } });
   });
@@ -32,13 +32,13 @@ describe("health", () => {
   test("database down → /health 503 with the same shape, ready 503, live still 200", async () => {
     const db = unreachableDb();
     const { app } = await makeApp({}, { db });
-    const res = await call(app, "GET", "/api/v1/health");
+    const res = await call(app, "GET", `${API}/health`);
     expect(res.status).toBe(503);
     expect(res.json).toMatchObject({ status: "degraded", checks: { database: { ok: false }, cache: { ok: true } } });
-    const ready = await call(app, "GET", "/api/v1/health/ready");
+    const ready = await call(app, "GET", `${API}/health/ready`);
     expect(ready.status).toBe(503);
     expect(ready.json.checks.database).toBe(false);
-    expect((await call(app, "GET", "/api/v1/health/live")).status).toBe(200);
+    expect((await call(app, "GET", `${API}/health/live`)).status).toBe(200);
     await db.close();
   });
 
@@ -46,7 +46,7 @@ describe("health", () => {
     const { MemoryStore } = await import("../../../src/platform/kv");
     const kv = Object.assign(new MemoryStore(), { ping: async () => false });
     const { app } = await makeApp({}, { kv });
-    const res = await call(app, "GET", "/api/v1/health");
+    const res = await call(app, "GET", `${API}/health`);
     expect(res.status).toBe(200);
     expect(res.json.status).toBe("degraded");
     expect(res.json.checks.cache.ok).toBe(false);

@@ -2,10 +2,18 @@ import { expect } from "bun:test";
 import { parse } from "csv-parse/sync";
 import { eq } from "drizzle-orm";
 import { users } from "../../../src/db/schema";
-import { type CallOptions, call, makeApp, signUp as registerAndLogin } from "../../support";
+import {
+  type Account,
+  API,
+  type CallOptions,
+  call,
+  makeApp,
+  PASSWORD,
+  promote,
+  signUp as register,
+} from "../../support";
 
-export const API = "/api/v1";
-export const PASSWORD = "secret123";
+export { expectError, expectUnauthorized, PASSWORD } from "../../support";
 /** A well-formed bcrypt hash for rows inserted straight into the database (nobody logs in with them). */
 export const FIXED_HASH = `$2b$04$${"a".repeat(53)}`;
 const BCRYPT_HASH = /\$2[aby]?\$\d\d\$/;
@@ -35,32 +43,10 @@ export function expectUser(user: any, expected: Record<string, unknown> = {}) {
   expect(user).toMatchObject(expected);
 }
 
-export function expectError(res: { status: number; json: any }, status: number, code: string, fields?: string[]) {
-  expect({ status: res.status, code: res.json?.error?.code }).toEqual({ status, code });
-  expect(typeof res.json.error.message).toBe("string");
-  expect(res.json.error.timestamp).toMatch(ISO_UTC);
-  if (fields) expect(res.json.error.details.map((d: { field: string }) => d.field).sort()).toEqual([...fields].sort());
-}
-
-/** 401 with the bearer challenge, as every rejected token must answer. */
-export function expectUnauthorized(res: { status: number; json: any; headers: Headers }, code = "INVALID_TOKEN") {
-  expectError(res, 401, code);
-  expect(res.headers.get("www-authenticate")).toBe("Bearer");
-}
-
 function submittedSecrets(body: unknown): string[] {
   if (!body || typeof body !== "object") return [];
   const b = body as Record<string, unknown>;
   return [b.password, b.current_password, b.new_password].filter((v): v is string => typeof v === "string");
-}
-
-export interface Account {
-  id: string;
-  username: string;
-  email: string;
-  password: string;
-  access: string;
-  refresh: string;
 }
 
 /** The whole app, plus helpers; every response is checked for leaked passwords and bcrypt hashes. */
@@ -92,10 +78,9 @@ export async function usersApp() {
     options: { admin?: boolean; name?: string; email?: string } = {},
   ): Promise<Account> {
     const email = options.email ?? `${username}@example.com`;
-    const account = await registerAndLogin(app, { username, email, password: PASSWORD, name: options.name });
-    const id = account.user.id;
-    if (options.admin) await deps.db.orm.update(users).set({ role: "admin" }).where(eq(users.id, id));
-    return { id, username, email, password: PASSWORD, access: account.access, refresh: account.refresh };
+    const account = await register(app, { username, email, name: options.name });
+    if (options.admin) await promote(deps.db, account.id);
+    return account;
   }
 
   async function row(id: string) {

@@ -1,0 +1,49 @@
+import { Elysia } from "elysia";
+import type { Logger } from "../platform/logger";
+
+/** What is known of a request once its response has gone out. */
+export interface RequestRecord {
+  method: string;
+  /** The route template (`/api/v1/users/:id`), never the raw path: no ids or query strings. */
+  route: string;
+  status: number;
+  durationMs: number;
+  requestId: string;
+}
+
+export type RequestObserver = (record: RequestRecord) => void;
+
+/** One hook that times every request and hands the result to each observer (the access log; later, metrics). */
+export function observability(observers: RequestObserver[]) {
+  const started = new WeakMap<Request, number>();
+  const active = observers.length > 0;
+  return new Elysia({ name: "observability" })
+    .onRequest(({ request }) => {
+      if (active) started.set(request, performance.now());
+    })
+    .onAfterResponse({ as: "global" }, ({ request, set, route }) => {
+      if (!active) return;
+      const start = started.get(request);
+      const record: RequestRecord = {
+        method: request.method,
+        route: route || "unmatched",
+        status: typeof set.status === "number" ? set.status : 200,
+        durationMs: start === undefined ? 0 : Math.round((performance.now() - start) * 100) / 100,
+        requestId: String(set.headers["x-request-id"] ?? ""),
+      };
+      for (const observe of observers) observe(record);
+    });
+}
+
+/** One JSON line per request; undefined when info is not logged, so the hook costs nothing. */
+export function accessLog(logger: Logger): RequestObserver | undefined {
+  if (!logger.enabled("info")) return undefined;
+  return (record) =>
+    logger.info("request", {
+      method: record.method,
+      route: record.route,
+      status: record.status,
+      duration_ms: record.durationMs,
+      request_id: record.requestId,
+    });
+}

@@ -1,0 +1,216 @@
+import type { UserRow } from "../../db/schema";
+import type { KeyValueStore } from "../../platform/kv";
+import type { Logger } from "../../platform/logger";
+import { type PublicUser, toPublicUser } from "../users/model";
+import type { UsersRepo } from "../users/repo";
+import type { Claims } from "./model";
+import type { AuthRepo } from "./repo";
+
+const userKey = (id: string) => `user:${id}`;
+const versionKey = (id: string) => `userv:${id}`;
+const tokenKey = (jti: string) => `revoked:jti:${jti}`;
+const sessionKey = (sid: string) => `revoked:sid:${sid}`;
+/** Set by a complete refill; every cached user carries it. Gone (flush, restart, distrust): ask the database. */
+const GENERATION_KEY = "auth:generation";
+/** The highest database change (`auth_change_seq`) the store has applied. */
+const WATERMARK_KEY = "auth:watermark";
+const YEAR_SECONDS = 365 * 86_400;
+/** How often a trusted store is compared with the database; an untrusted one is retried sooner. */
+const CHECK_INTERVAL_MS = 2000;
+const RETRY_INTERVAL_MS = 250;
+const REFILL_BATCH = 500;
+
+export interface AccessState {
+  user: PublicUser | undefined;
+  revoked: boolean;
+}
+
+interface CachedUser {
+  /** Generation and user version the entry was read under; it is valid only while both are current. */
+  g: string;
+  v: string;
+  u: PublicUser;
+}
+
+/**
+ * "Who does this token stand for right now?": the user and whether the token is revoked. The database
+ * is the record; the key-value store is a cache that is used only while it can be trusted:
+ * - every change (a user's, a revocation) advances `auth_change_seq` in the database and raises the
+ *   store's watermark together with the change, so a store that lost writes (a refused write, a restart
+ *   from an old snapshot) is found behind and refilled before it is trusted again;
+ * - a cached user is valid only under the generation and the user's version it was read under, and it
+ *   is written only if neither moved meanwhile (so a slow read cannot put back a row a change replaced);
+ * - a write the store refuses makes it untrusted here at once (and for every instance, by deleting the
+ *   generation) until a refill succeeds; a new connection makes it untrusted until a check passes.
+ * With `cacheable` false (several instances on one Postgres and no Redis) nothing is cached at all.
+ */
+export function createAccessState(deps: {
+  kv: KeyValueStore;
+  cacheable: boolean;
+  repo: AuthRepo;
+  users: UsersRepo;
+  accessTtlSeconds: number;
+  userTtlSeconds: number;
+  logger: Logger;
+}) {
+  const { kv, cacheable, repo, users, accessTtlSeconds, userTtlSeconds, logger } = deps;
+  let trusted = false;
+  /** The store may lack a change we made: refill it, whatever the watermark says. */
+  let mustRefill = false;
+  /** Redis failed us since the last check: compare its watermark with the database's latest. */
+  let sawError = true;
+  let checkedConnection = -1;
+  let lastSeen: number | undefined;
+  let lastCheck = 0;
+  let checking: Promise<void> | undefined;
+
+  async function refill(watermark: number) {
+    const since = new Date(Date.now() - accessTtlSeconds * 1000);
+    const { tokens, sessions } = await repo.liveRevocations(since);
+    const now = Date.now();
+    const entries = [
+      ...tokens.map((t) => ({ key: tokenKey(t.jti), value: "1", ttlSeconds: (t.expiresAt.getTime() - now) / 1000 })),
+      ...sessions.map((s) => ({
+        key: sessionKey(s.id),
+        value: "1",
+        ttlSeconds: accessTtlSeconds - (now - (s.revokedAt as Date).getTime()) / 1000,
+      })),
+    ].filter((entry) => entry.ttlSeconds >= 1);
+    for (let i = 0; i < entries.length; i += REFILL_BATCH) {
+      await kv.commit({ set: entries.slice(i, i + REFILL_BATCH) });
+    }
+    // A new generation: users cached before it (maybe stale) are ignored from now on.
+    await kv.commit({
+      set: [{ key: GENERATION_KEY, value: crypto.randomUUID(), ttlSeconds: YEAR_SECONDS }],
+      raise: { key: WATERMARK_KEY, value: watermark },
+    });
+    logger.info("auth cache refilled", { revocations: entries.length, watermark });
+  }
+
+  async function check() {
+    const connection = kv.connections;
+    const latest = await repo.currentChange();
+    const [generation, watermark] = await kv.getMany([GENERATION_KEY, WATERMARK_KEY]);
+    // Changes older than the previous check have had a whole interval to reach the store.
+    const due = sawError || lastSeen === undefined ? latest : lastSeen;
+    if (mustRefill || !generation || Number(watermark ?? 0) < due) await refill(latest);
+    trusted = true;
+    mustRefill = false;
+    sawError = false;
+    checkedConnection = connection;
+    lastSeen = latest;
+  }
+
+  /** Compares the store with the database in the background, at most once per interval. */
+  function maybeCheck() {
+    const interval = trusted ? CHECK_INTERVAL_MS : RETRY_INTERVAL_MS;
+    if (checking || Date.now() - lastCheck < interval) return;
+    lastCheck = Date.now();
+    checking = check()
+      .catch((error: Error) => {
+        trusted = false;
+        logger.debug("auth cache check failed", { error: error.message });
+      })
+      .finally(() => {
+        checking = undefined;
+      });
+  }
+
+  /** The store did not take a change: nobody may trust it until a refill has put the change there. */
+  async function distrust(error: Error) {
+    trusted = false;
+    mustRefill = true;
+    sawError = true;
+    logger.warn("auth cache write failed; using the database until it is refilled", { error: error.message });
+    // Accepted even by a Redis out of memory; if Redis is unreachable the watermark tells the others.
+    await kv.del(GENERATION_KEY).catch(() => {});
+    maybeCheck();
+  }
+
+  /** Records a change in the database's counter and in the store, with whatever the store must hold. */
+  async function changed(write: { set?: { key: string; value: string; ttlSeconds: number }[]; userId?: string }) {
+    if (!cacheable) return;
+    const watermark = await repo.nextChange();
+    const incr = write.userId ? [{ key: versionKey(write.userId), ttlSeconds: userTtlSeconds + 60 }] : [];
+    await kv
+      .commit({ set: write.set, incr, raise: { key: WATERMARK_KEY, value: watermark } })
+      .catch((error: Error) => distrust(error));
+  }
+
+  async function fromDatabase(claims: Claims): Promise<AccessState> {
+    const state = await repo.accessState(claims.sub, claims.jti, claims.sid as string);
+    return { user: state && toPublicUser(state.user), revoked: state?.revoked ?? false };
+  }
+
+  function cachedUser(entry: string | null, generation: string, version: string): PublicUser | undefined {
+    if (!entry) return undefined;
+    const cached = JSON.parse(entry) as CachedUser;
+    return cached.g === generation && cached.v === version ? cached.u : undefined;
+  }
+
+  /** Caches a row read under `generation`/`version`, unless either has moved since. */
+  async function put(row: UserRow, generation: string, version: string | null) {
+    const user = toPublicUser(row);
+    const entry: CachedUser = { g: generation, v: version ?? "0", u: user };
+    await kv
+      .commit({
+        expect: { [GENERATION_KEY]: generation, [versionKey(user.id)]: version },
+        set: [{ key: userKey(user.id), value: JSON.stringify(entry), ttlSeconds: userTtlSeconds }],
+      })
+      .catch((error: Error) => logger.debug("user cache write failed", { error: error.message }));
+  }
+
+  return {
+    /** One store round trip when the store is trusted, else one database round trip. */
+    async lookup(claims: Claims): Promise<AccessState> {
+      if (!cacheable) return fromDatabase(claims);
+      maybeCheck();
+      const sid = claims.sid as string;
+      const keys = [userKey(claims.sub), versionKey(claims.sub), tokenKey(claims.jti), sessionKey(sid), GENERATION_KEY];
+      let values: (string | null)[];
+      try {
+        values = await kv.getMany(keys);
+      } catch {
+        sawError = true;
+        trusted = false;
+        return fromDatabase(claims);
+      }
+      const [entry, version, tokenRevoked, sessionRevoked, generation] = values as (string | null)[];
+      // A revocation is never undone: a marker is the answer even from a store we do not trust.
+      if (tokenRevoked || sessionRevoked) return { user: undefined, revoked: true };
+      if (!trusted || !generation || kv.connections !== checkedConnection) {
+        if (kv.connections !== checkedConnection) trusted = false;
+        return fromDatabase(claims);
+      }
+      const cached = cachedUser(entry ?? null, generation, version ?? "0");
+      if (cached) return { user: cached, revoked: false };
+      const row = await users.findById(claims.sub);
+      if (row) await put(row, generation, version ?? null);
+      return { user: row && toPublicUser(row), revoked: false };
+    },
+
+    /** Every change to a user row must come through here, after the database has it. */
+    userChanged: (userId: string) => changed({ userId }),
+
+    async revokeToken(claims: Claims) {
+      await repo.revokeToken(claims.jti, new Date(claims.exp * 1000));
+      await changed({ set: [{ key: tokenKey(claims.jti), value: "1", ttlSeconds: claims.exp - Date.now() / 1000 }] });
+    },
+
+    /** A revoked session revokes every access token it issued (their `sid`), for as long as one could live. */
+    async revokeSessions(ids: string[]) {
+      if (ids.length === 0) return;
+      await repo.revokeSessions(ids);
+      await changed({ set: ids.map((id) => ({ key: sessionKey(id), value: "1", ttlSeconds: accessTtlSeconds })) });
+    },
+
+    /** Ends every login of a user except `keep`: refresh tokens stop at once, access tokens too. */
+    async revokeUserSessions(userId: string, keep?: string) {
+      const ids = await repo.revokeUserSessions(userId, keep);
+      if (ids.length === 0) return;
+      await changed({ set: ids.map((id) => ({ key: sessionKey(id), value: "1", ttlSeconds: accessTtlSeconds })) });
+    },
+  };
+}
+
+export type AccessStateCache = ReturnType<typeof createAccessState>;
