@@ -1,4 +1,7 @@
 import { expect } from "bun:test";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { eq, sql } from "drizzle-orm";
 import postgres from "postgres";
 import { API_PREFIX, type AppDeps, createApp } from "../src/app";
@@ -208,4 +211,66 @@ export function expectError(res: { status: number; json: any }, status: number, 
 export function expectUnauthorized(res: { status: number; json: any; headers: Headers }, code = "INVALID_TOKEN") {
   expectError(res, 401, code);
   expect(res.headers.get("www-authenticate")).toBe("Bearer");
+}
+
+/** A port nobody listens on right now. */
+export function freePort(): number {
+  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const { port } = probe;
+  probe.stop(true);
+  return port;
+}
+
+export interface ThrowawayRedis {
+  url: string;
+  /** Runs one redis-cli command against it. */
+  cli(...args: string[]): Promise<string>;
+  /** Freezes (SIGSTOP) or thaws (SIGCONT) the server: a hung Redis. */
+  signal(signal: "SIGSTOP" | "SIGCONT"): void;
+  /** Stops it (by PID) without saving; `start()` runs it again on the same port and folder. */
+  stop(): Promise<void>;
+  start(): Promise<void>;
+}
+
+/** A redis-server of the test's own, on a free port, keeping snapshots (SAVE) in a folder of its own. */
+export async function throwawayRedis(): Promise<ThrowawayRedis> {
+  const port = freePort();
+  const dir = mkdtempSync(join(tmpdir(), "rp-redis-"));
+  let server: ReturnType<typeof Bun.spawn> | undefined;
+  const cli = async (...args: string[]) => {
+    const proc = Bun.spawn(["redis-cli", "-p", String(port), ...args], { stdout: "pipe", stderr: "pipe" });
+    const out = await new Response(proc.stdout).text();
+    await proc.exited;
+    return out.trim();
+  };
+  const redis: ThrowawayRedis = {
+    url: `redis://127.0.0.1:${port}/0`,
+    cli,
+    signal: (signal) => server?.kill(signal),
+    async start() {
+      server = Bun.spawn(
+        ["redis-server", "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+          .concat(["--dir", dir, "--dbfilename", "dump.rdb", "--logfile", ""]),
+        { stdout: "ignore", stderr: "ignore" },
+      );
+      for (let i = 0; i < 100 && (await cli("ping")) !== "PONG"; i++) await Bun.sleep(20);
+    },
+    async stop() {
+      server?.kill("SIGCONT");
+      server?.kill("SIGKILL");
+      await server?.exited;
+    },
+  };
+  await redis.start();
+  return redis;
+}
+
+/** Polls `check` until it holds (at most `ms`); returns whether it did. */
+export async function eventually(check: () => Promise<boolean> | boolean, ms = 5000): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await check()) return true;
+    await Bun.sleep(50);
+  }
+  return check();
 }

@@ -18,6 +18,12 @@ const ERROR_REF = { $ref: "#/components/schemas/Error" };
 /** Statuses any API route can answer with, whatever it declares (probes are never limited). */
 const EVERY_API_ROUTE = { "500": "Unexpected server error", "503": "Database unavailable" };
 const EVERY_LIMITED_ROUTE = { ...EVERY_API_ROUTE, "429": "Rate limited (see Retry-After)" };
+/** What the body parser answers on any route that takes a body. */
+const EVERY_BODY_ROUTE = {
+  "400": "Malformed JSON body",
+  "413": "Body over 1 MiB",
+  "415": "Not JSON (or, on the login route, not an HTML form)",
+};
 
 export interface OpenApiOptions {
   /** Paths whose body may also come as an HTML form (the OAuth2 password flow of the docs' Authorize button). */
@@ -49,6 +55,13 @@ function withoutParseHooks(app: AnyElysia): AnyElysia {
   } as unknown as AnyElysia;
 }
 
+/** Adds the error responses a route can give without declaring them. */
+function implyErrors(responses: NonNullable<Operation["responses"]>, statuses: Record<string, string>) {
+  for (const [status, description] of Object.entries(statuses)) {
+    responses[status] ??= { description, content: { "application/json": { schema: ERROR_REF } } };
+  }
+}
+
 /** Fixes what the generator gets wrong or cannot know. */
 function repair(document: Document, app: AnyElysia, options: OpenApiOptions): Document {
   const optionalBodies = new Set(
@@ -66,9 +79,7 @@ function repair(document: Document, app: AnyElysia, options: OpenApiOptions): Do
       }
       if (path.startsWith(options.apiPrefix)) {
         const implied = isProbePath(path) ? EVERY_API_ROUTE : EVERY_LIMITED_ROUTE;
-        for (const [status, description] of Object.entries(implied)) {
-          responses[status] ??= { description, content: { "application/json": { schema: ERROR_REF } } };
-        }
+        implyErrors(responses, implied);
       }
       // A route may name its real media types (a CSV export is not `text/plain`).
       for (const [status, types] of Object.entries(operation["x-response-media-types"] ?? {})) {
@@ -79,6 +90,7 @@ function repair(document: Document, app: AnyElysia, options: OpenApiOptions): Do
       delete operation["x-response-media-types"];
       const body = operation.requestBody;
       if (!body) continue;
+      implyErrors(responses, EVERY_BODY_ROUTE);
       if (optionalBodies.has(`${method} ${path}`)) body.required = false;
       // What the body parser accepts: JSON, and an HTML form on the form routes (else 415).
       const json = body.content["application/json"];

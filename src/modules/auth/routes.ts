@@ -44,7 +44,7 @@ export function authRoutes(deps: {
         rateLimit: { rule: "register", key: perIp },
         response: {
           201: t.Composite([User], { description: "The new account" }),
-          ...errorResponses(409, 415, 422, 429),
+          ...errorResponses(409, 422, 429),
         },
         detail: { operationId: "auth_register", summary: "Create an account" },
       },
@@ -62,7 +62,7 @@ export function authRoutes(deps: {
           { rule: "loginIp", key: perIp },
           { rule: "login", key: perAccount },
         ],
-        response: { 200: Tokens, ...errorResponses(401, 415, 422, 429) },
+        response: { 200: Tokens, ...errorResponses(401, 422, 429) },
         detail: {
           operationId: "auth_login",
           summary: "Log in",
@@ -80,7 +80,7 @@ export function authRoutes(deps: {
       },
       {
         body: RefreshBody,
-        response: { 200: Tokens, ...errorResponses(401, 415, 422) },
+        response: { 200: Tokens, ...errorResponses(401, 422) },
         detail: {
           operationId: "auth_refresh",
           summary: "Exchange a refresh token for a new pair",
@@ -98,7 +98,7 @@ export function authRoutes(deps: {
       {
         auth: requireAuth,
         body: RefreshBody,
-        response: { 204: t.Void({ description: "Logged out" }), ...errorResponses(401, 415, 422) },
+        response: { 204: t.Void({ description: "Logged out" }), ...errorResponses(401, 422) },
         detail: {
           operationId: "auth_logout",
           summary: "Revoke the access token and its session",
@@ -118,7 +118,7 @@ export function authRoutes(deps: {
         rateLimit: { rule: "passwordReset", key: perEmail },
         response: {
           202: t.Composite([Message], { description: "Accepted, whether or not the email exists" }),
-          ...errorResponses(415, 422, 429),
+          ...errorResponses(422, 429),
         },
         detail: { operationId: "auth_request_password_reset", summary: "Email a password-reset link" },
       },
@@ -133,7 +133,7 @@ export function authRoutes(deps: {
         body: ResetBody,
         response: {
           200: t.Composite([Message], { description: "Password changed" }),
-          ...errorResponses(400, 415, 422),
+          ...errorResponses(400, 422),
         },
         detail: { operationId: "auth_reset_password", summary: "Set a new password with a reset token" },
       },

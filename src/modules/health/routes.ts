@@ -11,7 +11,7 @@ const HealthReport = t.Object(
       cache: t.Object({ ok: t.Boolean(), backend: t.Union([t.Literal("redis"), t.Literal("memory")]) }),
     }),
   },
-  { title: "HealthReport" },
+  { title: "HealthReport", description: "Status of the service and its dependencies" },
 );
 
 const Readiness = t.Object(
@@ -19,7 +19,7 @@ const Readiness = t.Object(
     status: t.Union([t.Literal("ready"), t.Literal("not_ready")]),
     checks: t.Object({ database: t.Boolean(), migrations: t.Boolean() }),
   },
-  { title: "Readiness" },
+  { title: "Readiness", description: "Whether the instance can serve" },
 );
 
 export function healthRoutes(health: HealthService) {
@@ -33,16 +33,17 @@ export function healthRoutes(health: HealthService) {
         return report;
       },
       {
-        response: { 200: HealthReport, 503: HealthReport },
+        response: { 200: HealthReport, 503: t.Composite([HealthReport], { description: "The database is unreachable" }) },
         detail: {
+          operationId: "health_report",
           summary: "Service health",
           description: "Database and cache status. `degraded` when the cache is unreachable; 503 when the database is.",
         },
       },
     )
     .get("/live", () => ({ status: "ok" as const }), {
-      response: { 200: t.Object({ status: t.Literal("ok") }) },
-      detail: { summary: "Liveness: the process is up" },
+      response: { 200: t.Object({ status: t.Literal("ok") }, { description: "The process is up" }) },
+      detail: { operationId: "health_live", summary: "Liveness: the process is up" },
     })
     .get(
       "/ready",
@@ -52,8 +53,8 @@ export function healthRoutes(health: HealthService) {
         return readiness;
       },
       {
-        response: { 200: Readiness, 503: Readiness },
-        detail: { summary: "Readiness: database reachable and migrations applied" },
+        response: { 200: Readiness, 503: t.Composite([Readiness], { description: "Not ready" }) },
+        detail: { operationId: "health_ready", summary: "Readiness: database reachable and migrations applied" },
       },
     );
 }

@@ -30,7 +30,7 @@ export function usersRoutes<P extends UsersPrincipal>(deps: { users: UsersServic
   const updateMe = (operationId: string) => ({
     auth: requireAuth,
     body: ProfilePatch,
-    response: { 200: User, ...errorResponses(401, 409, 415, 422) },
+    response: { 200: User, ...errorResponses(401, 409, 422) },
     detail: secured(
       operationId,
       "Update my profile",
@@ -56,7 +56,7 @@ export function usersRoutes<P extends UsersPrincipal>(deps: { users: UsersServic
       {
         auth: requireAuth,
         body: PasswordChange,
-        response: { 204: t.Void({ description: "Password changed" }), ...errorResponses(401, 415, 422) },
+        response: { 204: t.Void({ description: "Password changed" }), ...errorResponses(401, 422) },
         detail: secured(
           "users_change_password",
           "Change my password",
@@ -98,7 +98,7 @@ export function usersRoutes<P extends UsersPrincipal>(deps: { users: UsersServic
         body: AdminCreateBody,
         response: {
           201: t.Composite([User], { description: "The created user" }),
-          ...errorResponses(401, 403, 409, 415, 422),
+          ...errorResponses(401, 403, 409, 422),
         },
         detail: secured("users_create", "Create a user (admin)"),
       },
@@ -143,7 +143,7 @@ export function usersRoutes<P extends UsersPrincipal>(deps: { users: UsersServic
       auth: requirePermission("users:write"),
       params: IdParams,
       body: AdminPatch,
-      response: { 200: User, ...errorResponses(401, 403, 404, 409, 415, 422) },
+      response: { 200: User, ...errorResponses(401, 403, 404, 409, 422) },
       detail: secured(
         "users_update",
         "Update a user (admin)",

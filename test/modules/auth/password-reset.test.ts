@@ -3,6 +3,7 @@ import { eq } from "drizzle-orm";
 import { SignJWT } from "jose";
 import { SMTPServer } from "smtp-server";
 import { usedPasswordResetTokens } from "../../../src/db/schema";
+import type { MailMessage } from "../../../src/platform/mail";
 import { API, call, login, makeApp, signUp } from "../../support";
 
 /** A real SMTP server in this process; every message it accepts lands in `inbox`. */
@@ -129,5 +130,88 @@ describe("password reset", () => {
     await requestReset(prod.app, "prod.user@example.com");
     await Bun.sleep(20);
     expect(prod.logs.some((line) => line.includes("token="))).toBe(false);
+  });
+});
+
+/** A mailer that keeps what it would send. */
+function capturingMailer() {
+  const sent: MailMessage[] = [];
+  return {
+    sent,
+    mailer: { send: async (message: MailMessage) => void sent.push(message) },
+    /** The link of the last mail to `to`. */
+    linkTo: (to: string) =>
+      sent
+        .filter((m) => m.to === to)
+        .at(-1)
+        ?.text.match(/https?:\/\/\S+/)?.[0] as string,
+  };
+}
+
+const tokenOf = (link: string) => new URL(link).searchParams.get("token") as string;
+
+describe("reset links", () => {
+  test("a successful reset or password change voids every link issued before it", async () => {
+    const mail = capturingMailer();
+    const { app } = await makeApp({}, { mailer: mail.mailer });
+    const account = await signUp(app, { email: "many.links@example.com" });
+    const links: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      await requestReset(app, account.email);
+      links.push(mail.linkTo(account.email));
+    }
+    const used = await call(app, "POST", `${API}/auth/reset-password`, {
+      body: { token: tokenOf(links[1] as string), new_password: "brandnew42" },
+    });
+    expect(used.status).toBe(200);
+    for (const link of [links[0], links[2]]) {
+      const stale = await call(app, "POST", `${API}/auth/reset-password`, {
+        body: { token: tokenOf(link as string), new_password: "hijacked42" },
+      });
+      expect(stale.status).toBe(400);
+    }
+
+    await requestReset(app, account.email);
+    const beforeChange = mail.linkTo(account.email);
+    const session = await login(app, account.username, "brandnew42");
+    const changed = await call(app, "POST", `${API}/users/me/password`, {
+      token: session.access_token,
+      body: { current_password: "brandnew42", new_password: "changed4242" },
+    });
+    expect(changed.status).toBe(204);
+    const afterChange = await call(app, "POST", `${API}/auth/reset-password`, {
+      body: { token: tokenOf(beforeChange), new_password: "hijacked42" },
+    });
+    expect(afterChange.status).toBe(400);
+    await login(app, account.username, "changed4242");
+  });
+
+  test("PASSWORD_RESET_URL keeps its query string, or has {token} replaced", async () => {
+    const mail = capturingMailer();
+    const withQuery = await makeApp(
+      { PASSWORD_RESET_URL: "https://app.example.com/reset?lang=en" },
+      { mailer: mail.mailer },
+    );
+    const first = await signUp(withQuery.app, { email: "query.link@example.com" });
+    await requestReset(withQuery.app, first.email);
+    const link = new URL(mail.linkTo(first.email));
+    expect(link.origin + link.pathname).toBe("https://app.example.com/reset");
+    expect(link.searchParams.get("lang")).toBe("en");
+    expect(link.searchParams.get("token")?.split(".")).toHaveLength(3);
+
+    const placeholder = await makeApp(
+      { PASSWORD_RESET_URL: "https://app.example.com/reset/{token}?from=mail" },
+      { mailer: mail.mailer },
+    );
+    const second = await signUp(placeholder.app, { email: "path.link@example.com" });
+    await requestReset(placeholder.app, second.email);
+    const pathLink = new URL(mail.linkTo(second.email));
+    const token = decodeURIComponent(pathLink.pathname.split("/").at(-1) as string);
+    expect(token.split(".")).toHaveLength(3);
+    expect(pathLink.searchParams.get("from")).toBe("mail");
+    const reset = await call(placeholder.app, "POST", `${API}/auth/reset-password`, {
+      body: { token, new_password: "brandnew42" },
+    });
+    expect(reset.status).toBe(200);
   });
 });

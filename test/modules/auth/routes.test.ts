@@ -258,3 +258,73 @@ describe("tokens", () => {
     expect((await call(restarted.app, "GET", `${API}/users/me`, { token: account.access })).status).toBe(401);
   });
 });
+
+describe("refresh races and guess limits", () => {
+  test("two refreshes racing with one token get the same new pair; a replay after the grace window ends the session", async () => {
+    const { app } = await makeApp({ REFRESH_GRACE_SECONDS: "1" });
+    const account = await signUp(app);
+    const refresh = () => call(app, "POST", `${API}/auth/refresh`, { body: { refresh_token: account.refresh } });
+    const [first, second] = await Promise.all([refresh(), refresh()]);
+    expect([first?.status, second?.status]).toEqual([200, 200]);
+    expect(second?.json).toEqual(first?.json);
+    const pair = first?.json;
+    expect((await call(app, "GET", `${API}/users/me`, { token: pair.access_token })).status).toBe(200);
+    // Still in the window: a third racer gets the same pair too.
+    expect((await refresh()).json).toEqual(pair);
+
+    await Bun.sleep(1100);
+    expect((await refresh()).status).toBe(401);
+    expect((await call(app, "GET", `${API}/users/me`, { token: pair.access_token })).status).toBe(401);
+    expect(
+      (await call(app, "POST", `${API}/auth/refresh`, { body: { refresh_token: pair.refresh_token } })).status,
+    ).toBe(401);
+  });
+
+  test("an account's username and email share one login bucket", async () => {
+    const { app } = await makeApp({ RATE_LIMIT_ENABLED: "true", RATE_LIMIT_LOGIN: "3/minute" });
+    const account = await signUp(app); // its login is the bucket's first hit
+    const attempt = (identifier: string) =>
+      call(app, "POST", `${API}/auth/login`, { body: { username: identifier, password: "wrongpass1" } });
+    expect((await attempt(account.username)).status).toBe(401);
+    expect((await attempt(account.email.toUpperCase())).status).toBe(401);
+    expect((await attempt(account.username)).status).toBe(429);
+    const byEmailField = await call(app, "POST", `${API}/auth/login`, {
+      body: { email: account.email, password: account.password },
+    });
+    expect(byEmailField.status).toBe(429);
+  });
+
+  test("wrong current passwords are limited; the right one is refused too once over the limit", async () => {
+    const { app } = await makeApp({ RATE_LIMIT_ENABLED: "true", RATE_LIMIT_PASSWORD_CHANGE: "2/hour" });
+    const account = await signUp(app);
+    const other = await signUp(app);
+    const change = (who: typeof account, current: string) =>
+      call(app, "POST", `${API}/users/me/password`, {
+        token: who.access,
+        body: { current_password: current, new_password: "brandnew42" },
+      });
+    expect((await change(account, "wrongpass1")).status).toBe(422);
+    expect((await change(account, "wrongpass2")).status).toBe(422);
+    const blocked = await change(account, account.password);
+    expect(blocked.status).toBe(429);
+    expect(Number(blocked.headers.get("retry-after"))).toBeGreaterThan(0);
+    await login(app, account.username, account.password);
+    // Another account's guesses are its own.
+    expect((await change(other, other.password)).status).toBe(204);
+  });
+
+  test("a password hashed at another cost is rehashed at BCRYPT_ROUNDS on login", async () => {
+    const cheap = await makeApp({ BCRYPT_ROUNDS: "4" });
+    const account = await signUp(cheap.app);
+    const costOf = async () => {
+      const [row] = await cheap.deps.db.orm.select().from(users).where(eq(users.id, account.id));
+      return row?.passwordHash.slice(0, 7);
+    };
+    expect(await costOf()).toBe("$2b$04$");
+    const stronger = await makeApp({ BCRYPT_ROUNDS: "5" });
+    await login(stronger.app, account.username, account.password);
+    expect(await costOf()).toBe("$2b$05$");
+    await login(stronger.app, account.username, account.password);
+    await login(cheap.app, account.username, account.password);
+  });
+});

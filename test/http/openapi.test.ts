@@ -1,0 +1,279 @@
+import { beforeAll, describe, expect, test } from "bun:test";
+import Ajv2020, { type ValidateFunction } from "ajv/dist/2020";
+import addFormats from "ajv-formats";
+import { API, type CallOptions, call, login, makeApp, PASSWORD, promote, signUp } from "../support";
+
+/**
+ * The served OpenAPI document, checked against what the server really answers: a validating proxy sits in
+ * front of the app while a realistic scenario runs through every operation, and each response must have a
+ * declared status, a declared media type (or no body when none is declared) and a body matching the schema.
+ */
+
+type Schema = Record<string, unknown>;
+type Content = Record<string, { schema?: Schema }>;
+type Operation = {
+  operationId?: string;
+  requestBody?: { content: Content };
+  responses: Record<string, { description?: string; content?: Content }>;
+};
+type OpenApiDocument = {
+  paths: Record<string, Record<string, Operation>>;
+  components: { schemas: Record<string, Schema> };
+};
+type Handler = Parameters<typeof call>[0];
+type Reply = Awaited<ReturnType<typeof call>>;
+
+const HTTP_METHODS = ["get", "put", "post", "delete", "patch", "head", "options", "trace"];
+const UNKNOWN_ID = "0196f0a2-7c1e-7000-8000-000000000000";
+
+/** Every operation of the document as [`METHOD /template`, operation]. */
+const operationsOf = (doc: OpenApiDocument): [string, Operation][] =>
+  Object.entries(doc.paths).flatMap(([path, item]) =>
+    Object.entries(item)
+      .filter(([method]) => HTTP_METHODS.includes(method))
+      .map(([method, operation]): [string, Operation] => [`${method.toUpperCase()} ${path}`, operation]),
+  );
+
+/** Checks every response against the document, and remembers which operations it saw. */
+class ValidatingProxy {
+  /** Broken contract: undeclared statuses or media types, bodies not matching their schema. */
+  readonly violations: string[] = [];
+  /** A step of the scenario got another status than it meant to provoke. */
+  readonly surprises: string[] = [];
+  readonly seen = new Set<string>();
+  private readonly ajv = new Ajv2020({ allErrors: true });
+  private readonly validators = new Map<Schema, ValidateFunction>();
+  private readonly templates: { template: string; pattern: RegExp }[];
+
+  constructor(private readonly doc: OpenApiDocument) {
+    addFormats(this.ajv);
+    // Not a standard format: Elysia documents its t.Integer() as "an integer, or a string of one" with it.
+    this.ajv.addFormat("integer", /^-?\d+$/);
+    // The document's components as one schema, so `#/components/schemas/X` can be rewritten to `components#/$defs/X`.
+    this.ajv.addSchema({ $id: "components", $defs: doc.components.schemas });
+    // Literal paths first, so /users/me is not taken for /users/{id}.
+    this.templates = Object.keys(doc.paths)
+      .sort((a, b) => Number(a.includes("{")) - Number(b.includes("{")))
+      .map((template) => ({
+        template,
+        pattern: new RegExp(`^${template.replace(/\{[^}]+\}/g, "[^/]+")}$`),
+      }));
+  }
+
+  private validator(schema: Schema): ValidateFunction {
+    let validate = this.validators.get(schema);
+    if (!validate) {
+      const rewritten = JSON.stringify(schema).replaceAll('"#/components/schemas/', '"components#/$defs/');
+      validate = this.ajv.compile(JSON.parse(rewritten));
+      this.validators.set(schema, validate);
+    }
+    return validate;
+  }
+
+  /** Sends a request through the app, checks the response, and notes if it is not the `expected` status. */
+  async send(app: Handler, method: string, path: string, expected: number, options: CallOptions = {}) {
+    const res = await call(app, method, path, options);
+    const template = this.templates.find(({ pattern }) => pattern.test(path.split("?")[0] as string))?.template;
+    const operation = template ? this.doc.paths[template]?.[method.toLowerCase()] : undefined;
+    if (!template || !operation) {
+      this.violations.push(`${method} ${path} → ${res.status}: no such operation in the document`);
+      return res;
+    }
+    this.seen.add(`${method} ${template}`);
+    if (res.status !== expected) {
+      this.surprises.push(`${method} ${path}: expected ${expected}, got ${res.status} ${res.text.slice(0, 200)}`);
+    }
+    const problem = this.check(operation, res);
+    if (problem) this.violations.push(`${method} ${template} → ${res.status}: ${problem}`);
+    return res;
+  }
+
+  private check(operation: Operation, res: Reply): string | undefined {
+    const response = operation.responses[String(res.status)];
+    if (!response) return `status not declared (declared: ${Object.keys(operation.responses).join(", ")})`;
+    const declared = Object.keys(response.content ?? {});
+    const contentType = res.headers.get("content-type");
+    if (declared.length === 0) {
+      return res.text === "" ? undefined : `no content declared, got a ${contentType} body: ${res.text.slice(0, 200)}`;
+    }
+    const media = contentType?.split(";")[0]?.trim().toLowerCase() ?? "";
+    if (!declared.includes(media)) return `Content-Type ${contentType} not declared (declared: ${declared.join(", ")})`;
+    const schema = response.content?.[media]?.schema;
+    if (!schema) return undefined;
+    const isJson = media === "application/json";
+    if (isJson && res.json === undefined) return `body is not JSON: ${res.text.slice(0, 200)}`;
+    const validate = this.validator(schema);
+    if (validate(isJson ? res.json : res.text)) return undefined;
+    return `body does not match the declared ${media} schema: ${this.ajv.errorsText(validate.errors)}`;
+  }
+}
+
+let doc: OpenApiDocument;
+
+beforeAll(async () => {
+  const { app } = await makeApp();
+  const res = await call(app, "GET", "/openapi.json");
+  expect(res.status).toBe(200);
+  doc = res.json;
+});
+
+describe("OpenAPI document: conventions", () => {
+  test("every operation has a unique snake_case operationId", () => {
+    const ids = operationsOf(doc).map(([key, operation]) => [key, operation.operationId] as const);
+    expect(ids.filter(([, id]) => !/^[a-z]+(_[a-z]+)+$/.test(id ?? ""))).toEqual([]);
+    const all = ids.map(([, id]) => id);
+    expect(all.filter((id, i) => all.indexOf(id) !== i)).toEqual([]);
+  });
+
+  test("the export declares text/csv and application/x-ndjson, not text/plain", () => {
+    const media = Object.keys(doc.paths[`${API}/users/export`]?.get?.responses["200"]?.content ?? {});
+    expect(media).toContain("text/csv");
+    expect(media).toContain("application/x-ndjson");
+    expect(media).not.toContain("text/plain");
+  });
+
+  test("every 2xx response has a real description", () => {
+    const generic = operationsOf(doc).flatMap(([key, operation]) =>
+      Object.entries(operation.responses)
+        .filter(([status]) => status.startsWith("2"))
+        .filter(([, { description = "" }]) => !description.trim() || /^Response for status \d+$/.test(description))
+        .map(([status, { description }]) => `${key} ${status}: ${JSON.stringify(description)}`),
+    );
+    expect(generic).toEqual([]);
+  });
+
+  test("request bodies are JSON only (and an HTML form on login)", () => {
+    const bodies = operationsOf(doc)
+      .filter(([, operation]) => operation.requestBody)
+      .map(([key, operation]) => ({ key, media: Object.keys(operation.requestBody?.content ?? {}).sort() }));
+    expect(bodies.length).toBeGreaterThan(0);
+    const expected = bodies.map(({ key }) => ({
+      key,
+      media:
+        key === `POST ${API}/auth/login`
+          ? ["application/json", "application/x-www-form-urlencoded"]
+          : ["application/json"],
+    }));
+    expect(bodies).toEqual(expected);
+  });
+});
+
+describe("OpenAPI document: the server answers what it declares", () => {
+  test("a scenario through every operation gets only declared statuses, media types and bodies", async () => {
+    const { app, deps } = await makeApp();
+    const proxy = new ValidatingProxy(doc);
+    const send = (expected: number, method: string, path: string, options?: CallOptions) =>
+      proxy.send(app, method, `${API}${path}`, expected, options);
+    const bearer = (token: string | undefined) => ({ token: token ?? "missing" });
+
+    // Health probes.
+    await send(200, "GET", "/health");
+    await send(200, "GET", "/health/live");
+    await send(200, "GET", "/health/ready");
+
+    // Registration, and the ways it is refused.
+    const alice = { username: "alice", email: "alice@example.com", password: PASSWORD, name: "Alice" };
+    const registered = await send(201, "POST", "/auth/register", { body: alice });
+    await send(409, "POST", "/auth/register", { body: alice });
+    await send(422, "POST", "/auth/register", { body: { ...alice, username: "alice2", email: "not-an-email" } });
+    await send(415, "POST", "/auth/register", { body: "alice", headers: { "content-type": "text/plain" } });
+    await send(400, "POST", "/auth/register", { body: "{", headers: { "content-type": "application/json" } });
+    const oversized = JSON.stringify({ ...alice, name: "x".repeat(1024 * 1024) });
+    await send(413, "POST", "/auth/register", { body: oversized, headers: { "content-type": "application/json" } });
+
+    // Logging in: JSON, the OAuth2 form, wrong password, no identifier.
+    const session = await send(200, "POST", "/auth/login", { body: { username: "alice", password: PASSWORD } });
+    const form = new URLSearchParams({ grant_type: "password", username: "alice@example.com", password: PASSWORD });
+    const formSession = await send(200, "POST", "/auth/login", { body: form });
+    await send(401, "POST", "/auth/login", { body: { username: "alice", password: "wrong-password1" } });
+    await send(422, "POST", "/auth/login", { body: { password: PASSWORD } });
+
+    // Tokens.
+    const refreshed = await send(200, "POST", "/auth/refresh", {
+      body: { refresh_token: session.json?.refresh_token },
+    });
+    await send(401, "POST", "/auth/refresh", { body: { refresh_token: "not-a-token" } });
+    const access = refreshed.json?.access_token as string | undefined;
+    await send(200, "GET", "/auth/me", bearer(access));
+    await send(401, "GET", "/auth/me");
+    await send(204, "POST", "/auth/logout", {
+      ...bearer(formSession.json?.access_token),
+      body: { refresh_token: formSession.json?.refresh_token },
+    });
+    await send(401, "GET", "/auth/me", bearer(formSession.json?.access_token));
+
+    // Password reset: the request is always accepted; a made-up token is refused.
+    await send(202, "POST", "/auth/request-password-reset", { body: { email: alice.email } });
+    await send(400, "POST", "/auth/reset-password", { body: { token: "made-up", new_password: "another123" } });
+    await send(422, "POST", "/auth/reset-password", { body: { token: "made-up", new_password: "short" } });
+
+    // My profile.
+    const bob = await signUp(app, { username: "bob" });
+    await send(200, "GET", "/users/me", bearer(access));
+    await send(200, "PUT", "/users/me", { ...bearer(access), body: { name: "Alice L." } });
+    await send(200, "PATCH", "/users/me", { ...bearer(access), body: { bio: "Reviews papers\non Tuesdays" } });
+    await send(409, "PATCH", "/users/me", { ...bearer(access), body: { username: "bob" } });
+    await send(422, "PATCH", "/users/me", { ...bearer(access), body: { email: "nope" } });
+    await send(422, "POST", "/users/me/password", {
+      ...bearer(access),
+      body: { current_password: "wrong-password1", new_password: "another123" },
+    });
+    await send(204, "POST", "/users/me/password", {
+      ...bearer(access),
+      body: { current_password: PASSWORD, new_password: "another123" },
+    });
+    await send(403, "GET", "/users", bearer(access));
+    await send(204, "DELETE", "/users/me", bearer(bob.access));
+    await send(401, "GET", "/users/me", bearer(bob.access));
+
+    // Administration.
+    const root = await signUp(app, { username: "root" });
+    await promote(deps.db, root.id);
+    const admin = bearer((await login(app, "root")).access_token);
+    await send(200, "GET", "/users?limit=5&sort=username&order=asc", admin);
+    await send(422, "GET", "/users?limit=0", admin);
+    await send(401, "GET", "/users");
+    const carol = { username: "carol", email: "carol@example.com", password: PASSWORD, role: "admin" };
+    const created = await send(201, "POST", "/users", { ...admin, body: carol });
+    await send(409, "POST", "/users", { ...admin, body: carol });
+    const carolId = created.json?.id ?? UNKNOWN_ID;
+    await send(200, "GET", `/users/${carolId}`, admin);
+    await send(200, "GET", `/users/${registered.json?.id ?? UNKNOWN_ID}`, admin);
+    await send(404, "GET", `/users/${UNKNOWN_ID}`, admin);
+    await send(422, "GET", "/users/not-a-uuid", admin);
+    await send(200, "PATCH", `/users/${carolId}`, { ...admin, body: { name: "Carol", is_active: true } });
+    await send(404, "PATCH", `/users/${UNKNOWN_ID}`, { ...admin, body: { name: "Nobody" } });
+    await send(409, "PATCH", `/users/${carolId}`, { ...admin, body: { email: alice.email } });
+    await send(200, "GET", "/users/export", admin);
+    await send(200, "GET", "/users/export?format=json&role=user", admin);
+    await send(422, "GET", "/users/export?format=xml", admin);
+    await send(204, "DELETE", `/users/${carolId}`, admin);
+    await send(404, "DELETE", `/users/${carolId}`, admin);
+    // Carol is gone: root is the last active admin.
+    await send(409, "DELETE", "/users/me", admin);
+    await send(409, "DELETE", `/users/${root.id}`, admin);
+
+    // Rate limited: the second registration from one client within the hour (its own 429), then any request
+    // past the default per-client limit (the 429 every limited route shares, a $ref to Error).
+    const limited = await makeApp({
+      RATE_LIMIT_ENABLED: "true",
+      RATE_LIMIT_REGISTER: "1/hour",
+      RATE_LIMIT_DEFAULT: "2/minute",
+    });
+    const register = (n: number) => ({
+      body: { username: `limited${n}`, email: `limited${n}@example.com`, password: PASSWORD },
+    });
+    await proxy.send(limited.app, "POST", `${API}/auth/register`, 201, register(1));
+    await proxy.send(limited.app, "POST", `${API}/auth/register`, 429, register(2));
+    await proxy.send(limited.app, "GET", `${API}/users/me`, 429);
+
+    const unexercised = operationsOf(doc)
+      .map(([key]) => key)
+      .filter((key) => !proxy.seen.has(key));
+    expect({ violations: proxy.violations, surprises: proxy.surprises, unexercised }).toEqual({
+      violations: [],
+      surprises: [],
+      unexercised: [],
+    });
+  });
+});
