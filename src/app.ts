@@ -125,12 +125,12 @@ export function createApp(deps: AppDeps) {
     .use(deps.inFlight ? inFlightTracking(deps.inFlight) : new Elysia())
     .use(observability(observers))
     .use(bodyParser({ formRoutes: FORM_ROUTES }))
-    .use(limits.plugin)
+    .use(limits.perRequest)
     .use(docsRoutes)
     .group(API_PREFIX, (api) =>
       api
         .use(healthRoutes(health))
-        .use(authRoutes({ auth, users, guard, limits: limits.plugin }))
+        .use(authRoutes({ auth, users, guard, limits: limits.perRoute }))
         .use(usersRoutes({ users, guard })),
     );
   return app.use(openapiRoute(app, DOCUMENTATION, { formBodies: FORM_ROUTES, apiPrefix: API_PREFIX }));

@@ -46,6 +46,22 @@ describe("configuration", () => {
     expect(message).not.toContain("short-but-secret");
   });
 
+  test("a bad URL is named with its password masked", () => {
+    const cases = {
+      REVIEWPOINT_DB_URL: "mysql://app:hunter2@db.internal/reviewpoint",
+      DATABASE_URL: "postgres//app:hunter2@db.internal/reviewpoint",
+      REDIS_URL: "redis//:hunter2@cache.internal:6379",
+      SMTP_URL: "smtpx://mailer:hun/ter2@mail.internal:587",
+    };
+    for (const [name, value] of Object.entries(cases)) {
+      const message = fail({ ...TEST_ENV, [name]: value });
+      expect(message).toStartWith(`config: ${name} `);
+      expect(message).not.toContain("hunter2");
+      expect(message).not.toContain("hun/ter2");
+      expect(message).toContain("***@");
+    }
+  });
+
   test("the SQLAlchemy asyncpg URL is accepted as plain postgresql", () => {
     const config = loadConfig({ ...TEST_ENV, REVIEWPOINT_DB_URL: "postgresql+asyncpg://u:p@db:5432/app" });
     expect(config.databaseUrl).toBe("postgresql://u:p@db:5432/app");

@@ -1,4 +1,5 @@
-import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { PGlite } from "@electric-sql/pglite";
 import { sql } from "drizzle-orm";
 import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
@@ -88,6 +89,20 @@ function isAlive(pid: number): boolean {
   }
 }
 
+/**
+ * PGlite's file system layer sets the mode of what it creates itself (0666), whatever the umask, so the
+ * data dir is made owner-only on open and on close. The 0700 directory around it is what keeps a file
+ * created in between private.
+ */
+function makeOwnerOnly(dir: string) {
+  chmodSync(dir, 0o700);
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) makeOwnerOnly(path);
+    else if (entry.isFile()) chmodSync(path, 0o600);
+  }
+}
+
 export async function openPglite(dataDir: string): Promise<Database> {
   const unlock = dataDir.startsWith("memory://") ? () => {} : lockDataDir(dataDir);
   const [pgliteWasmModule, initdbWasmModule] = await Promise.all([
@@ -100,6 +115,8 @@ export async function openPglite(dataDir: string): Promise<Database> {
     initdbWasmModule,
     fsBundle: Bun.file(pgliteDataPath),
   });
+  const onDisk = !dataDir.startsWith("memory://");
+  if (onDisk) makeOwnerOnly(dataDir);
   const orm = drizzlePglite(client, { schema }) as unknown as Orm;
   return {
     kind: "pglite",
@@ -108,6 +125,7 @@ export async function openPglite(dataDir: string): Promise<Database> {
     exclusive: (_lockKey, work) => work(orm),
     close: async () => {
       await client.close();
+      if (onDisk) makeOwnerOnly(dataDir);
       unlock();
     },
   };

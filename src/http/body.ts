@@ -33,11 +33,18 @@ export function bodyParser(options: { formRoutes: readonly string[] }) {
     if (type === "application/json") {
       const text = await readCapped(request, JSON_BODY_LIMIT);
       if (text === "") return undefined;
+      let parsed: unknown;
       try {
-        return JSON.parse(text);
+        parsed = JSON.parse(text);
       } catch {
         throw errors.badRequest("Malformed JSON body");
       }
+      // Every JSON body here is an object. Elysia's normalisation would turn `5`, `"x"` or `[1]` into `{}`,
+      // a valid (empty) patch, so refuse them before it runs.
+      if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+        throw errors.validation([{ field: "body", issue: "Expected a JSON object" }]);
+      }
+      return parsed;
     }
     if (type === "application/x-www-form-urlencoded" && formRoutes.has(route)) {
       return Object.fromEntries(new URLSearchParams(await readCapped(request, JSON_BODY_LIMIT)));

@@ -59,27 +59,32 @@ export function rateLimits(limiter: RateLimiter, config: Pick<Config, "rateLimit
     },
   });
 
-  const plugin = new Elysia({ name: "rate-limit" })
+  // Registered once, on the root app: a named plugin used again inside a `.group()` is not deduplicated
+  // and would count every request twice.
+  const perRequest = new Elysia({ name: "rate-limit" })
     // Not async: most requests that skip the limiter should not pay for a promise.
     .onRequest(({ request, server, set }) => {
       if (!enabled) return;
       const path = pathOf(request.url);
       if (!path.startsWith("/api/") || isProbePath(path)) return;
       return enforce(set, "default", ipOf(request, server));
-    })
-    .macro({
-      rateLimit: (specs: LimitSpec | LimitSpec[]) => ({
-        async beforeHandle({ request, server, body, set }) {
-          if (!enabled) return;
-          const ip = ipOf(request, server);
-          for (const spec of Array.isArray(specs) ? specs : [specs]) {
-            const key = await spec.key({ ip, body });
-            if (key !== undefined) await enforce(set, spec.rule, key);
-          }
-        },
-      }),
     });
-  return { plugin, guesses };
+
+  // What modules use: only the `rateLimit:` option, which adds hooks to the routes that declare it.
+  const perRoute = new Elysia({ name: "rate-limit-option" }).macro({
+    rateLimit: (specs: LimitSpec | LimitSpec[]) => ({
+      async beforeHandle({ request, server, body, set }) {
+        if (!enabled) return;
+        const ip = ipOf(request, server);
+        for (const spec of Array.isArray(specs) ? specs : [specs]) {
+          const key = await spec.key({ ip, body });
+          if (key !== undefined) await enforce(set, spec.rule, key);
+        }
+      },
+    }),
+  });
+
+  return { perRequest, perRoute, guesses };
 }
 
 export type RateLimits = ReturnType<typeof rateLimits>;

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
@@ -58,6 +58,24 @@ describe("the compiled binary", () => {
     };
     expect(await applied()).toBeGreaterThan(0);
     expect(await applied()).toBe(0);
+    rmSync(dir, { recursive: true, force: true });
+  }, 30_000);
+
+  test("DATA_DIR and everything in it is owner-only, even under umask 000", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "rp-bin-"));
+    const dataDir = join(dir, "data");
+    const proc = Bun.spawn(["sh", "-c", 'umask 000; exec "$0" migrate', BINARY], {
+      cwd: dir,
+      env: { PATH: process.env.PATH ?? "", LOG_LEVEL: "warn", ENVIRONMENT: "development", DATA_DIR: dataDir },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    expect((await finished(proc)).code).toBe(0);
+    const entries = [dataDir, ...readdirSync(dataDir, { recursive: true }).map((name) => join(dataDir, String(name)))];
+    expect(entries.some((path) => path.endsWith("secret_key"))).toBe(true);
+    expect(entries.some((path) => path.includes("pgdata"))).toBe(true);
+    const open = entries.filter((path) => (statSync(path).mode & 0o077) !== 0);
+    expect(open).toEqual([]);
     rmSync(dir, { recursive: true, force: true });
   }, 30_000);
 

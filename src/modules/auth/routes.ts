@@ -20,7 +20,7 @@ export function authRoutes(deps: {
   auth: AuthService;
   users: UsersService;
   guard: AuthGuard<Principal>;
-  limits: RateLimits["plugin"];
+  limits: RateLimits["perRoute"];
 }) {
   const { auth, users, guard, limits } = deps;
   // Declared apart from the routes: an inline function in the options would blind Elysia's type inference.
