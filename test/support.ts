@@ -249,8 +249,14 @@ export async function throwawayRedis(): Promise<ThrowawayRedis> {
     signal: (signal) => server?.kill(signal),
     async start() {
       server = Bun.spawn(
-        ["redis-server", "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-          .concat(["--dir", dir, "--dbfilename", "dump.rdb", "--logfile", ""]),
+        ["redis-server", "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].concat([
+          "--dir",
+          dir,
+          "--dbfilename",
+          "dump.rdb",
+          "--logfile",
+          "",
+        ]),
         { stdout: "ignore", stderr: "ignore" },
       );
       for (let i = 0; i < 100 && (await cli("ping")) !== "PONG"; i++) await Bun.sleep(20);

@@ -33,7 +33,10 @@ export function healthRoutes(health: HealthService) {
         return report;
       },
       {
-        response: { 200: HealthReport, 503: t.Composite([HealthReport], { description: "The database is unreachable" }) },
+        response: {
+          200: HealthReport,
+          503: t.Composite([HealthReport], { description: "The database is unreachable" }),
+        },
         detail: {
           operationId: "health_report",
           summary: "Service health",

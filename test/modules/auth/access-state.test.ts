@@ -1,8 +1,8 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { MemoryStore, RedisStore, type StoreWrite } from "../../../src/platform/kv";
 import {
-  API,
   type Account,
+  API,
   call,
   eventually,
   makeApp,
@@ -64,7 +64,10 @@ describe("revocation holds when Redis misbehaves", () => {
     expect(await server.cli("set", "probe", "1")).toContain("OOM");
 
     expect((await call(a.app, "POST", `${API}/auth/logout`, { token: user.access })).status).toBe(204);
-    const demoted = await call(a.app, "PATCH", `${API}/users/${deputy.id}`, { token: admin.access, body: { role: "user" } });
+    const demoted = await call(a.app, "PATCH", `${API}/users/${deputy.id}`, {
+      token: admin.access,
+      body: { role: "user" },
+    });
     expect(demoted.status).toBe(200);
     for (const ctx of [a, b]) {
       expect((await me(ctx, user)).status).toBe(401);
@@ -145,7 +148,10 @@ describe("no stale user from the cache", () => {
     await promote(ctx.deps.db, admin.id);
     const target = await signUp(ctx.app);
     for (let round = 0; round < 100; round++) {
-      const up = await call(ctx.app, "PATCH", `${API}/users/${target.id}`, { token: admin.access, body: { role: "admin" } });
+      const up = await call(ctx.app, "PATCH", `${API}/users/${target.id}`, {
+        token: admin.access,
+        body: { role: "admin" },
+      });
       expect(up.status).toBe(200);
       await Promise.all([
         me(ctx, target),
@@ -182,7 +188,10 @@ describe.skipIf(!TEST_DATABASE_URL)("two instances on one Postgres, no Redis", (
     expect(off.status).toBe(200);
     expect((await me(b, deactivated)).status).toBe(401);
 
-    const demote = await call(a.app, "PATCH", `${API}/users/${deputy.id}`, { token: admin.access, body: { role: "user" } });
+    const demote = await call(a.app, "PATCH", `${API}/users/${deputy.id}`, {
+      token: admin.access,
+      body: { role: "user" },
+    });
     expect(demote.status).toBe(200);
     const create = await call(b.app, "POST", `${API}/users`, {
       token: deputy.access,

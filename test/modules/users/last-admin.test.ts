@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { and, count, eq } from "drizzle-orm";
 import { users } from "../../../src/db/schema";
-import { API, type Account, call, makeApp, promote, signUp, type TestContext, truncateAll } from "../../support";
+import { type Account, API, call, makeApp, promote, signUp, type TestContext, truncateAll } from "../../support";
 
 async function twoAdmins(): Promise<{ ctx: TestContext; a: Account; b: Account }> {
   const ctx = await makeApp();
