@@ -1,9 +1,8 @@
 import { describe, expect, test } from "bun:test";
 import net from "node:net";
 import { connectPostgres } from "../../src/db/client";
-import { call, makeApp, TEST_DATABASE_URL } from "../support";
+import { API, call, makeApp, TEST_DATABASE_URL } from "../support";
 
-const API = "/api/v1";
 const register = (app: Parameters<typeof call>[0], name: string) =>
   call(app, "POST", `${API}/auth/register`, {
     body: { username: name, email: `${name}@example.com`, password: "secret123" },

@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { Validator } from "@seriousme/openapi-schema-validator";
 import pkg from "../../package.json" with { type: "json" };
-import { call, makeApp } from "../support";
+import { API, call, makeApp } from "../support";
 
 describe("API documentation", () => {
   test("/openapi.json is a valid OpenAPI 3 document titled with the package version", async () => {
@@ -9,7 +9,7 @@ describe("API documentation", () => {
     const res = await call(app, "GET", "/openapi.json");
     expect(res.status).toBe(200);
     expect(res.json.info).toMatchObject({ title: "ReViewPoint API", version: pkg.version });
-    expect(Object.keys(res.json.paths)).toContain("/api/v1/health");
+    expect(Object.keys(res.json.paths)).toContain(`${API}/health`);
     const result = await new Validator().validate(res.json);
     if (!result.valid) console.error(JSON.stringify(result.errors, null, 2).slice(0, 3000));
     expect(result.valid).toBe(true);
