@@ -3,7 +3,7 @@ import { mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
-import { scratchPostgres, TEST_DATABASE_URL, TEST_REDIS_URL } from "../support";
+import { API, scratchPostgres, TEST_DATABASE_URL, TEST_REDIS_URL } from "../support";
 
 const ROOT = resolve(import.meta.dir, "../..");
 const BINARY = join(ROOT, "dist", "reviewpoint");
@@ -111,7 +111,7 @@ describe("the compiled binary", () => {
       };
       const base = `http://127.0.0.1:${port}`;
       let server: ReturnType<typeof run> | undefined;
-      const api = (path: string, init: RequestInit = {}) => fetch(`${base}/api/v1${path}`, init);
+      const api = (path: string, init: RequestInit = {}) => fetch(`${base}${API}${path}`, init);
       const json = (body: unknown, extra: Record<string, string> = {}) => ({
         method: "POST",
         headers: { "content-type": "application/json", ...extra },
@@ -129,7 +129,7 @@ describe("the compiled binary", () => {
         if (admin.code !== 0) throw new Error(`create-admin failed: ${admin.stderr}`);
         server = run(["serve"], env, dir);
         for (let i = 0; i < 300; i++) {
-          if ((await fetch(`${base}/api/v1/health/ready`).catch(() => undefined))?.ok) return;
+          if ((await fetch(`${base}${API}/health/ready`).catch(() => undefined))?.ok) return;
           await Bun.sleep(50);
         }
         throw new Error(`server never became ready: ${await new Response(server.stderr).text()}`);
@@ -198,7 +198,7 @@ describe("the compiled binary", () => {
         server?.kill("SIGTERM");
         expect((await login).status).toBe(200);
         expect(await server?.exited).toBe(0);
-        expect(await fetch(`${base}/api/v1/health/live`).catch(() => "refused")).toBe("refused");
+        expect(await fetch(`${base}${API}/health/live`).catch(() => "refused")).toBe("refused");
       });
     });
   }
