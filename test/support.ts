@@ -232,6 +232,9 @@ export interface ThrowawayRedis {
   start(): Promise<void>;
 }
 
+/** Whether this machine can start a redis-server of a test's own. */
+export const HAS_REDIS_SERVER = Bun.which("redis-server") !== null;
+
 /** A redis-server of the test's own, on a free port, keeping snapshots (SAVE) in a folder of its own. */
 export async function throwawayRedis(): Promise<ThrowawayRedis> {
   const port = freePort();
