@@ -114,7 +114,7 @@ export interface CallOptions {
   headers?: Record<string, string>;
 }
 
-/** Sends one request through `app.handle`; JSON bodies are encoded unless given as a string or form. */
+/** Sends one request through `app.handle`; an object body goes as JSON, anything else (text, form, stream, bytes) as given. */
 export async function call(
   app: { handle(request: Request): Promise<Response> },
   method: string,
@@ -122,9 +122,16 @@ export async function call(
   options: CallOptions = {},
 ) {
   const headers = new Headers(options.headers);
-  let body: string | URLSearchParams | FormData | undefined;
-  if (typeof options.body === "string" || options.body instanceof URLSearchParams || options.body instanceof FormData) {
-    body = options.body;
+  let body: RequestInit["body"];
+  const raw =
+    typeof options.body === "string" ||
+    options.body instanceof URLSearchParams ||
+    options.body instanceof FormData ||
+    options.body instanceof ReadableStream ||
+    options.body instanceof Blob ||
+    ArrayBuffer.isView(options.body);
+  if (raw) {
+    body = options.body as RequestInit["body"];
   } else if (options.body !== undefined) {
     body = JSON.stringify(options.body);
     headers.set("content-type", "application/json");

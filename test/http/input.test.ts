@@ -2,7 +2,6 @@ import { describe, expect, test } from "bun:test";
 import { decodeJwt, SignJWT } from "jose";
 import { API, call, expectError, expectUnauthorized, login, makeApp, promote, signUp } from "../support";
 
-type Handler = Parameters<typeof call>[0];
 type Body = RequestInit["body"];
 
 /** The app with one admin (registered, logged in and promoted in the database). */
@@ -11,26 +10,6 @@ async function withAdmin(overrides: Record<string, string> = {}) {
   const admin = await signUp(ctx.app);
   await promote(ctx.deps.db, admin.id);
   return { ...ctx, admin };
-}
-
-/** Like `call`, but the body goes out exactly as given: no JSON encoding, no content type added. */
-async function send(
-  app: Handler,
-  method: string,
-  path: string,
-  options: { body?: Body; headers?: Record<string, string>; token?: string } = {},
-) {
-  const headers = new Headers(options.headers);
-  if (options.token) headers.set("authorization", `Bearer ${options.token}`);
-  const response = await app.handle(new Request(`http://localhost${path}`, { method, headers, body: options.body }));
-  const text = await response.text();
-  let json: any;
-  try {
-    json = text ? JSON.parse(text) : undefined;
-  } catch {
-    json = undefined;
-  }
-  return { status: response.status, headers: response.headers, text, json };
 }
 
 const CONTROL_CHARACTERS = ["\u0000", "\u0007", "\u001b"];
@@ -250,7 +229,7 @@ describe("request bodies", () => {
       { body: new TextEncoder().encode(registerJson()) },
     ];
     for (const attempt of attempts) {
-      const register = await send(app, "POST", `${API}/auth/register`, attempt);
+      const register = await call(app, "POST", `${API}/auth/register`, attempt);
       expectError(register, 415, "UNSUPPORTED_MEDIA_TYPE");
     }
     const patches: { body: Body; headers?: Record<string, string> }[] = [
@@ -259,7 +238,7 @@ describe("request bodies", () => {
       { body: new TextEncoder().encode(JSON.stringify({ bio: "x" })) },
     ];
     for (const attempt of patches) {
-      const patch = await send(app, "PATCH", `${API}/users/me`, { ...attempt, token: me.access });
+      const patch = await call(app, "PATCH", `${API}/users/me`, { ...attempt, token: me.access });
       expectError(patch, 415, "UNSUPPORTED_MEDIA_TYPE");
     }
     const after = await call(app, "GET", `${API}/users/me`, { token: me.access });
@@ -270,11 +249,11 @@ describe("request bodies", () => {
     const { app } = await makeApp();
     const headers = { "content-type": "Application/JSON; charset=UTF-8" };
     const account = newAccount();
-    const register = await send(app, "POST", `${API}/auth/register`, { body: JSON.stringify(account), headers });
+    const register = await call(app, "POST", `${API}/auth/register`, { body: JSON.stringify(account), headers });
     expect(register.status).toBe(201);
     expect(register.json.username).toBe(account.username);
     const { access_token } = await login(app, account.username, account.password);
-    const patch = await send(app, "PATCH", `${API}/users/me`, {
+    const patch = await call(app, "PATCH", `${API}/users/me`, {
       body: JSON.stringify({ bio: "hello" }),
       headers,
       token: access_token,
@@ -288,18 +267,18 @@ describe("request bodies", () => {
     const me = await signUp(app);
     const big = JSON.stringify({ ...newAccount(), pad: "x".repeat(1024 * 1024) });
     expect(big.length).toBeGreaterThan(1024 * 1024);
-    const json = await send(app, "POST", `${API}/auth/register`, {
+    const json = await call(app, "POST", `${API}/auth/register`, {
       body: big,
       headers: { "content-type": "application/json" },
     });
     expectError(json, 413, "PAYLOAD_TOO_LARGE");
-    const patch = await send(app, "PATCH", `${API}/users/me`, {
+    const patch = await call(app, "PATCH", `${API}/users/me`, {
       body: JSON.stringify({ bio: "x", pad: "x".repeat(1024 * 1024) }),
       headers: { "content-type": "application/json" },
       token: me.access,
     });
     expectError(patch, 413, "PAYLOAD_TOO_LARGE");
-    const text = await send(app, "POST", `${API}/auth/register`, {
+    const text = await call(app, "POST", `${API}/auth/register`, {
       body: big,
       headers: { "content-type": "text/plain" },
     });
@@ -319,7 +298,7 @@ describe("request bodies", () => {
           else controller.enqueue(chunk);
         },
       });
-      const res = await send(app, "POST", `${API}/auth/register`, { body, headers: { "content-type": type } });
+      const res = await call(app, "POST", `${API}/auth/register`, { body, headers: { "content-type": type } });
       return { res, pulled };
     };
     const json = await post("application/json");
@@ -343,8 +322,8 @@ describe("request bodies", () => {
     const headers = { "content-type": "application/json" };
     const atLimit = exactly(1024 * 1024);
     expect(atLimit.length).toBe(1024 * 1024);
-    expect((await send(app, "POST", `${API}/auth/register`, { body: atLimit, headers })).status).toBe(201);
-    const over = await send(app, "POST", `${API}/auth/register`, { body: exactly(1024 * 1024 + 1), headers });
+    expect((await call(app, "POST", `${API}/auth/register`, { body: atLimit, headers })).status).toBe(201);
+    const over = await call(app, "POST", `${API}/auth/register`, { body: exactly(1024 * 1024 + 1), headers });
     expectError(over, 413, "PAYLOAD_TOO_LARGE");
   });
 
@@ -364,7 +343,7 @@ describe("request bodies", () => {
     const me = await signUp(app);
     const before = await call(app, "GET", `${API}/users/me`, { token: me.access });
     for (const body of ["[1]", '"x"', "5"]) {
-      const res = await send(app, "PATCH", `${API}/users/me`, {
+      const res = await call(app, "PATCH", `${API}/users/me`, {
         body,
         headers: { "content-type": "application/json" },
         token: me.access,
@@ -385,7 +364,7 @@ describe("request bodies", () => {
     ];
     for (const [method, path] of routes) {
       for (const body of ["[1]", '"x"', "5"]) {
-        const res = await send(app, method, path, {
+        const res = await call(app, method, path, {
           body,
           headers: { "content-type": "application/json" },
           token: admin.access,
