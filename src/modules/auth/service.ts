@@ -106,13 +106,14 @@ export function createAuthService(deps: AuthDeps) {
       const row = await users.findById(claims.sub);
       if (!row?.isActive) throw invalidToken("User is inactive or no longer exists");
       const subject = toPublicUser(row);
+      let current = session;
       if (session.refreshJti === claims.jti) {
         const next = { refreshJti: crypto.randomUUID(), accessJti: crypto.randomUUID() };
         const rotated = await repo.rotateRefresh(sid, claims.jti, next);
         if (rotated) return pairOf(subject, rotated);
+        // Lost the race to a concurrent refresh with the same token: read the pair it issued.
+        current = (await repo.findSession(sid)) ?? session;
       }
-      // Lost the race to a concurrent refresh with the same token: that refresh's pair, if still in grace.
-      const current = (await repo.findSession(sid)) ?? session;
       if (!current.revokedAt && isGraceRace(current, claims.jti)) return pairOf(subject, current);
       await access.revokeSessions([sid]);
       logger.warn("refresh token reuse detected; session revoked", { user_id: claims.sub, session_id: sid });
