@@ -88,7 +88,7 @@ export function createServices(deps: AppDeps) {
     repo: usersRepo,
     passwords,
     hooks: { userChanged: access.userChanged, endSessions: access.revokeUserSessions },
-    passwordGuesses: limits.guesses("passwordChange"),
+    passwordAttempts: limits.attempts("passwordChange"),
     logger,
   });
   const mailer =

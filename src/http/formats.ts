@@ -28,6 +28,8 @@ export function isDateTime(value: string): boolean {
   const [offsetHours, offsetMinutes] = [Number(match[9] ?? 0), Number(match[10] ?? 0)];
   if (year < 1 || hour > 23 || minute > 59 || second > 59 || offsetHours > 23 || offsetMinutes > 59) return false;
   const calendar = new Date(Date.UTC(2000, month - 1, day));
-  return month >= 1 && month <= 12 && calendar.getUTCDate() === day && !Number.isNaN(Date.parse(value));
+  // The offset can carry the instant out of the years Postgres accepts here (9999-12-31T23:00:00-01:00).
+  const utcYear = new Date(Date.parse(value)).getUTCFullYear();
+  return month >= 1 && month <= 12 && calendar.getUTCDate() === day && utcYear >= 1 && utcYear <= 9999;
 }
 FormatRegistry.Set("date-time", isDateTime);

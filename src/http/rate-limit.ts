@@ -40,22 +40,13 @@ export function rateLimits(limiter: RateLimiter, config: Pick<Config, "rateLimit
   }
 
   /**
-   * A limit on wrong guesses only (a current password): `check` refuses once the window holds `rule`'s
-   * count of failures, before the guess is tried; `fail` counts one.
+   * A limit a service applies itself (the account a password change is for is known only there):
+   * `take` counts one attempt atomically and refuses once over, before any work is done, so a burst of
+   * concurrent attempts cannot slip past a check-then-count.
    */
-  const guesses = (rule: RuleName) => ({
-    async check(key: string): Promise<void> {
-      if (!enabled) return;
-      if ((await limiter.peek(rule, key)) < rules[rule].limit) return;
-      const retryAfter = Math.ceil(rules[rule].windowMs / 1000);
-      throw errors.rateLimited(retryAfter, {
-        "x-ratelimit-limit": String(rules[rule].limit),
-        "x-ratelimit-remaining": "0",
-        "x-ratelimit-reset": String(retryAfter),
-      });
-    },
-    async fail(key: string): Promise<void> {
-      if (enabled) await limiter.consume(rule, key, rules[rule]);
+  const attempts = (rule: RuleName) => ({
+    async take(key: string): Promise<void> {
+      if (enabled) await enforce({ headers: {} }, rule, key);
     },
   });
 
@@ -84,8 +75,7 @@ export function rateLimits(limiter: RateLimiter, config: Pick<Config, "rateLimit
     }),
   });
 
-  return { perRequest, perRoute, guesses };
+  return { perRequest, perRoute, attempts };
 }
 
 export type RateLimits = ReturnType<typeof rateLimits>;
-export type GuessLimit = ReturnType<RateLimits["guesses"]>;

@@ -6,8 +6,6 @@ export interface StoreWrite {
   /** Key → the value it must hold now (null: absent). */
   expect?: Record<string, string | null>;
   set?: { key: string; value: string; ttlSeconds: number }[];
-  /** Counters raised by one, each keeping (or getting) the given TTL. */
-  incr?: { key: string; ttlSeconds: number }[];
   /** A counter that only grows: set to `value` when that is higher (no TTL). */
   raise?: { key: string; value: number };
 }
@@ -28,6 +26,8 @@ export interface KeyValueStore {
   commit(write: StoreWrite): Promise<boolean>;
   /** Counts one hit in a fixed window starting at the first hit; returns the count and ms left. */
   hit(key: string, windowMs: number): Promise<{ count: number; resetMs: number }>;
+  /** Whether the store may drop keys by itself under memory pressure, and how many it has dropped so far. */
+  evictions(): Promise<{ policy: string; evicted: number }>;
   ping(): Promise<boolean>;
   close(): Promise<void>;
 }
@@ -78,9 +78,6 @@ export class MemoryStore implements KeyValueStore {
       if ((this.live(key)?.value ?? null) !== expected) return false;
     }
     for (const { key, value, ttlSeconds } of write.set ?? []) await this.set(key, value, ttlSeconds);
-    for (const { key, ttlSeconds } of write.incr ?? []) {
-      await this.set(key, String(Number(this.live(key)?.value ?? 0) + 1), ttlSeconds);
-    }
     if (write.raise && write.raise.value > Number(this.live(write.raise.key)?.value ?? 0)) {
       this.entries.set(write.raise.key, { value: String(write.raise.value), expiresAt: Number.POSITIVE_INFINITY });
     }
@@ -96,6 +93,10 @@ export class MemoryStore implements KeyValueStore {
     }
     entry.value = String(Number(entry.value) + 1);
     return { count: Number(entry.value), resetMs: entry.expiresAt - now };
+  }
+
+  async evictions() {
+    return { policy: "noeviction", evicted: 0 };
   }
 
   async ping() {
@@ -138,10 +139,6 @@ for _, e in ipairs(w.expect) do
   elseif current ~= e[2] then return 0 end
 end
 for _, s in ipairs(w.set) do redis.call('SET', KEYS[s[1]], s[2], 'EX', s[3]) end
-for _, i in ipairs(w.incr) do
-  redis.call('INCR', KEYS[i[1]])
-  redis.call('EXPIRE', KEYS[i[1]], i[2])
-end
 for _, r in ipairs(w.raise) do
   local current = tonumber(redis.call('GET', KEYS[r[1]]) or '0')
   if r[2] > current then redis.call('SET', KEYS[r[1]], r[2]) end
@@ -253,7 +250,6 @@ export class RedisStore implements KeyValueStore {
     const spec = {
       expect: Object.entries(write.expect ?? {}).map(([key, value]) => [ref(key), value]),
       set: (write.set ?? []).map((s) => [ref(s.key), s.value, Math.max(1, Math.ceil(s.ttlSeconds))]),
-      incr: (write.incr ?? []).map((i) => [ref(i.key), Math.max(1, Math.ceil(i.ttlSeconds))]),
       raise: write.raise ? [[ref(write.raise.key), write.raise.value]] : [],
     };
     const runner = this.redis as unknown as ScriptRunner;
@@ -264,6 +260,12 @@ export class RedisStore implements KeyValueStore {
     const runner = this.redis as unknown as ScriptRunner;
     const [count, pttl] = await this.run(() => runner.rateHit(key, windowMs));
     return { count, resetMs: pttl > 0 ? pttl : windowMs };
+  }
+
+  async evictions() {
+    const info = await this.run(() => this.redis.info());
+    const field = (name: string) => new RegExp(`^${name}:(.*)$`, "m").exec(info)?.[1]?.trim();
+    return { policy: field("maxmemory_policy") ?? "unknown", evicted: Number(field("evicted_keys") ?? 0) };
   }
 
   /** Always asks Redis (health checks and probes); an answer closes the circuit. */

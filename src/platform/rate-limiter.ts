@@ -35,13 +35,6 @@ export function createRateLimiter(kv: KeyValueStore, logger: Logger) {
   }
 
   return {
-    /** Hits counted in the current window, without counting one more. */
-    async peek(bucket: string, key: string): Promise<number> {
-      const keys = [`rl:${bucket}:${key}`];
-      const [value] = await kv.getMany(keys).catch(() => local.getMany(keys));
-      return Number(value ?? 0);
-    },
-
     async consume(bucket: string, key: string, rule: RateLimit): Promise<RateDecision> {
       const { count, resetMs } = await hit(`rl:${bucket}:${key}`, rule.windowMs);
       return {

@@ -63,6 +63,8 @@ export function createAccessState(deps: {
   let lastSeen: number | undefined;
   let lastCheck = 0;
   let checking: Promise<void> | undefined;
+  let evictedBefore: number | undefined;
+  let warnedPolicy = false;
 
   async function refill(watermark: number) {
     const since = new Date(Date.now() - accessTtlSeconds * 1000);
@@ -90,10 +92,28 @@ export function createAccessState(deps: {
   async function check() {
     const connection = kv.connections;
     const latest = await repo.currentChange();
-    const [generation, watermark] = await kv.getMany([GENERATION_KEY, WATERMARK_KEY]);
+    const [[generation, watermark], { policy, evicted }] = await Promise.all([
+      kv.getMany([GENERATION_KEY, WATERMARK_KEY]),
+      kv.evictions(),
+    ]);
+    if (policy !== "noeviction") {
+      // A store that may drop a revocation marker by itself can never be trusted to say "not revoked".
+      if (!warnedPolicy) {
+        warnedPolicy = true;
+        logger.error(
+          "redis maxmemory-policy is not noeviction; auth cache disabled (set maxmemory-policy noeviction)",
+          {
+            policy,
+          },
+        );
+      }
+      throw new Error(`maxmemory-policy ${policy}`);
+    }
     // Changes older than the previous check have had a whole interval to reach the store.
     const due = sawError || lastSeen === undefined ? latest : lastSeen;
-    if (mustRefill || !generation || Number(watermark ?? 0) < due) await refill(latest);
+    const evictedSince = evictedBefore !== undefined && evicted > evictedBefore;
+    if (mustRefill || evictedSince || !generation || Number(watermark ?? 0) < due) await refill(latest);
+    evictedBefore = evicted;
     trusted = true;
     mustRefill = false;
     sawError = false;
@@ -127,13 +147,19 @@ export function createAccessState(deps: {
     maybeCheck();
   }
 
-  /** Records a change in the database's counter and in the store, with whatever the store must hold. */
+  /**
+   * Records a change in the database's counter and in the store, with whatever the store must hold. A
+   * user's version becomes the change's number: unique, so a version key that expired and came back can
+   * never match an entry cached under an older one.
+   */
   async function changed(write: { set?: { key: string; value: string; ttlSeconds: number }[]; userId?: string }) {
     if (!cacheable) return;
     const watermark = await repo.nextChange();
-    const incr = write.userId ? [{ key: versionKey(write.userId), ttlSeconds: userTtlSeconds + 60 }] : [];
+    const version = write.userId
+      ? [{ key: versionKey(write.userId), value: String(watermark), ttlSeconds: userTtlSeconds + 60 }]
+      : [];
     await kv
-      .commit({ set: write.set, incr, raise: { key: WATERMARK_KEY, value: watermark } })
+      .commit({ set: [...(write.set ?? []), ...version], raise: { key: WATERMARK_KEY, value: watermark } })
       .catch((error: Error) => distrust(error));
   }
 

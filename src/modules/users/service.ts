@@ -21,10 +21,9 @@ export interface AccountHooks {
   endSessions(id: string, keep?: string): Promise<void>;
 }
 
-/** A limit on wrong guesses: `check` throws once too many failed, `fail` counts one. */
-export interface GuessLimit {
-  check(key: string): Promise<void>;
-  fail(key: string): Promise<void>;
+/** A limit on attempts: `take` counts one and throws (429) once over. */
+export interface AttemptLimit {
+  take(key: string): Promise<void>;
 }
 
 const EXPORT_COLUMNS = [
@@ -55,10 +54,10 @@ export function createUsersService(deps: {
   repo: UsersRepo;
   passwords: PasswordHasher;
   hooks: AccountHooks;
-  passwordGuesses: GuessLimit;
+  passwordAttempts: AttemptLimit;
   logger: Logger;
 }) {
-  const { repo, passwords, hooks, passwordGuesses, logger } = deps;
+  const { repo, passwords, hooks, passwordAttempts, logger } = deps;
 
   async function refuseTaken(values: { username?: string; email?: string }, exceptId?: string) {
     const taken = await repo.takenFields(values, exceptId);
@@ -114,13 +113,12 @@ export function createUsersService(deps: {
     /** An admin's change to any user; demoting or deactivating the last active admin is a 409. */
     update,
 
-    /** Checks the current password (wrong guesses are limited); this session survives, every other one ends. */
+    /** Checks the current password (attempts are limited); this session survives, every other one ends. */
     async changePassword(id: string, current: string, next: string, currentSession: string): Promise<void> {
-      await passwordGuesses.check(id);
+      await passwordAttempts.take(id);
       const row = await repo.findById(id);
       if (!row) throw errors.notFound("User");
       if (!(await passwords.verify(current, row.passwordHash))) {
-        await passwordGuesses.fail(id);
         throw errors.validation([{ field: "current_password", issue: "Current password is incorrect" }]);
       }
       await apply(id, { passwordHash: await passwords.hash(next) });

@@ -1,4 +1,6 @@
 import { afterAll, describe, expect, test } from "bun:test";
+import { eq } from "drizzle-orm";
+import { authSessions } from "../../../src/db/schema";
 import { MemoryStore, RedisStore, type StoreWrite } from "../../../src/platform/kv";
 import {
   type Account,
@@ -105,6 +107,21 @@ describe.skipIf(!HAS_REDIS_SERVER)("revocation holds when Redis misbehaves", () 
     }
   }, 20_000);
 
+  test("a Redis that may evict keys is not trusted with revocations", async () => {
+    const server = await redisServer();
+    const a = await makeApp({}, { kv: await storeOn(server) });
+    await server.cli("config", "set", "maxmemory-policy", "volatile-ttl");
+    const account = await signUp(a.app);
+    await settle(a, account);
+    expect((await call(a.app, "POST", `${API}/auth/logout`, { token: account.access })).status).toBe(204);
+    // What eviction does to the markers (they carry TTLs, so volatile-* policies take them first).
+    const markers = (await server.cli("--scan", "--pattern", "rp:revoked:*")).split("\n").filter(Boolean);
+    expect(markers.length).toBeGreaterThan(0);
+    await server.cli("del", ...markers);
+    for (let i = 0; i < 5; i++) expect((await me(a, account)).status).toBe(401);
+    expect(a.logs.some((line) => line.includes("maxmemory-policy") && line.includes('"level":"error"'))).toBe(true);
+  });
+
   test("a hung Redis trips the circuit: requests are served from the database, the login limit still counts", async () => {
     const server = await redisServer();
     const logger = memoryLogger();
@@ -142,6 +159,41 @@ class LatePuts extends MemoryStore {
     return super.commit(write);
   }
 }
+
+describe("changes the cache never heard of", () => {
+  test("a revocation committed without its cache write (a crash in between) is seen within two checks", async () => {
+    const ctx = await makeApp();
+    const account = await signUp(ctx.app);
+    await settle(ctx, account);
+    // What a logout that died right after its database write leaves behind.
+    await ctx.deps.db.orm
+      .update(authSessions)
+      .set({ revokedAt: new Date() })
+      .where(eq(authSessions.userId, account.id));
+    expect(await eventually(async () => (await me(ctx, account)).status === 401, 8000)).toBe(true);
+    for (let i = 0; i < 5; i++) expect((await me(ctx, account)).status).toBe(401);
+  }, 15_000);
+
+  test("a user version that expired and came back never revives an entry cached under an older one", async () => {
+    const ctx = await makeApp();
+    const boss = await signUp(ctx.app);
+    await promote(ctx.deps.db, boss.id);
+    const deputy = await signUp(ctx.app);
+    await promote(ctx.deps.db, deputy.id);
+    await settle(ctx, deputy);
+    const renamed = await call(ctx.app, "PATCH", `${API}/users/me`, { token: deputy.access, body: { name: "Deputy" } });
+    expect(renamed.status).toBe(200);
+    expect((await me(ctx, deputy)).json.role).toBe("admin"); // cached under the rename's version
+    await ctx.deps.kv.del(`userv:${deputy.id}`); // the version key's TTL ran out
+    const demoted = await call(ctx.app, "PATCH", `${API}/users/${deputy.id}`, {
+      token: boss.access,
+      body: { role: "user" },
+    });
+    expect(demoted.status).toBe(200);
+    expect((await me(ctx, deputy)).json.role).toBe("user");
+    expect((await call(ctx.app, "GET", `${API}/users`, { token: deputy.access })).status).toBe(403);
+  });
+});
 
 describe("no stale user from the cache", () => {
   test("100 reads racing a demotion never leave a cached admin role", async () => {
