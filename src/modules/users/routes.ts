@@ -60,7 +60,7 @@ export function usersRoutes<P extends UsersPrincipal>(deps: { users: UsersServic
         detail: secured(
           "users_change_password",
           "Change my password",
-          "Every other session of the account is logged out, and every reset link issued before is void. Wrong `current_password` guesses are limited (`RATE_LIMIT_PASSWORD_CHANGE`).",
+          "Every other session of the account is logged out, and every reset link issued before is void. Attempts are limited per account (`RATE_LIMIT_PASSWORD_CHANGE`).",
         ),
       },
     )
