@@ -188,16 +188,30 @@ async function idleRssMb(service: Service): Promise<number> {
   return Number(kb) / 1024;
 }
 
-type Load = Omit<WrkLoad, keyof typeof LOAD>;
+/** A load on one server process, whose CPU time is read around the measured run. */
+type Load = Omit<WrkLoad, keyof typeof LOAD> & { pid: number };
 
-async function loadTest(load: Load): Promise<WrkResult> {
+type Measured = WrkResult & {
+  /** The server process's CPU time (user + system) per request: steadier than req/s on a shared machine. */
+  cpuUsPerRequest: number;
+};
+
+/** utime + stime of a process, in µs (/proc/PID/stat fields 14 and 15, in clock ticks of 10 ms). */
+function processCpuUs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
+  return (Number(fields[11]) + Number(fields[12])) * 10_000;
+}
+
+async function loadTest({ pid, ...load }: Load): Promise<Measured> {
   await runWrk({ ...load, ...LOAD, seconds: WARMUP_SECONDS });
-  return runWrk({ ...load, ...LOAD });
+  const before = processCpuUs(pid);
+  const result = await runWrk({ ...load, ...LOAD });
+  return { ...result, cpuUsPerRequest: (processCpuUs(pid) - before) / Math.max(1, result.requests) };
 }
 
 interface Pair {
-  server: WrkResult;
-  baseline: WrkResult;
+  server: Measured;
+  baseline: Measured;
   ratio: number;
   /** Every pair's ratio, for the note. */
   ratios: number[];
@@ -232,7 +246,7 @@ async function postJson(url: string, body: unknown) {
   return { status: response.status, body: (await response.json().catch(() => null)) as unknown };
 }
 
-async function authLoads(url: string, baselineUrl: string) {
+async function authLoads(url: string, baselineUrl: string, serverPid: number, baselinePid: number) {
   const register = await postJson(`${url}/api/v1/auth/register`, USER);
   if (register.status !== 201) return { me: routeReturned(register.status), login: routeReturned(register.status) };
   const login = await postJson(`${url}/api/v1/auth/login`, CREDENTIALS);
@@ -250,7 +264,10 @@ async function authLoads(url: string, baselineUrl: string) {
   progress("load: GET /users/me");
   const me =
     probe.status === 200
-      ? await pairedLoad({ url: `${url}/api/v1/users/me`, authorization }, { url: baselineUrl + LIVE })
+      ? await pairedLoad(
+          { url: `${url}/api/v1/users/me`, authorization, pid: serverPid },
+          { url: baselineUrl + LIVE, pid: baselinePid },
+        )
       : routeReturned(probe.status);
 
   progress("load: POST /auth/login, with GET /health/live alongside");
@@ -387,8 +404,12 @@ async function main(): Promise<void> {
     baselineRss = await idleRssMb(baseline.service);
     serverRss = await idleRssMb(server.service);
     progress("load: GET /health/live");
-    live = await pairedLoad({ url: server.service.url + LIVE }, { url: baseline.service.url + LIVE });
-    auth = await authLoads(server.service.url, baseline.service.url);
+    const pids = { server: server.service.child.pid, baseline: baseline.service.child.pid };
+    live = await pairedLoad(
+      { url: server.service.url + LIVE, pid: pids.server },
+      { url: baseline.service.url + LIVE, pid: pids.baseline },
+    );
+    auth = await authLoads(server.service.url, baseline.service.url, pids.server, pids.baseline);
   } finally {
     await stop(server.service.child);
     await stop(baseline.service.child);
@@ -406,7 +427,13 @@ async function main(): Promise<void> {
     value: pair.server.requestsPerSec,
     baseline: pair.baseline.requestsPerSec,
     wrk: pair.server,
-    note: [note, `median of ratios ${pair.ratios.map((r) => r.toFixed(2)).join(", ")}`].filter(Boolean).join("; "),
+    note: [
+      note,
+      `median of ratios ${pair.ratios.map((r) => r.toFixed(2)).join(", ")}`,
+      `server ${pair.server.cpuUsPerRequest.toFixed(1)} CPU-µs/req (baseline ${pair.baseline.cpuUsPerRequest.toFixed(1)})`,
+    ]
+      .filter(Boolean)
+      .join("; "),
   });
   const rows = [
     row(
