@@ -1,5 +1,9 @@
 import { describe, expect, test } from "bun:test";
-import { expectError, expectUser, parseCsv, USER_FIELDS, type UsersApp, usersApp } from "./fixtures";
+import type { UsersRepo } from "../../../src/modules/users/repo";
+import { createUsersService } from "../../../src/modules/users/service";
+import { createPasswordHasher } from "../../../src/platform/passwords";
+import { memoryLogger } from "../../support";
+import { expectError, expectUser, FIXED_HASH, parseCsv, USER_FIELDS, type UsersApp, usersApp } from "./fixtures";
 
 const HEADER = ["id", "username", "email", "name", "bio", "role", "is_active", "created_at", "updated_at"];
 
@@ -108,5 +112,42 @@ describe("GET /users/export", () => {
     }
     expectError(await exportAs(t, admin.access, "?format=xml"), 422, "VALIDATION_ERROR", ["format"]);
     expectError(await exportAs(t, admin.access, "?role=owner"), 422, "VALIDATION_ERROR", ["role"]);
+  });
+});
+
+describe("an export that fails", () => {
+  test("mid-stream: the client's read fails and the cause is logged as an error", async () => {
+    const logger = memoryLogger();
+    const row = {
+      id: crypto.randomUUID(),
+      username: "first",
+      email: "first@example.com",
+      name: null,
+      bio: null,
+      passwordHash: FIXED_HASH,
+      role: "user" as const,
+      isActive: true,
+      createdAt: new Date(),
+      updatedAt: new Date(),
+    };
+    const repo = {
+      // The first batch arrives, then the database goes away.
+      async *stream() {
+        yield row;
+        throw Object.assign(new Error("terminating connection due to administrator command"), { code: "57P01" });
+      },
+    } as unknown as UsersRepo;
+    const users = createUsersService({
+      repo,
+      passwords: createPasswordHasher(4),
+      hooks: { userChanged: async () => {}, endSessions: async () => {} },
+      passwordAttempts: { take: async () => {} },
+      logger,
+    });
+    const stream = await users.export({}, "csv");
+    await expect(new Response(stream).text()).rejects.toThrow();
+    const logged = logger.lines.map((line) => JSON.parse(line)).find((entry) => entry.msg.includes("export failed"));
+    expect(logged?.level).toBe("error");
+    expect(logged?.error.code).toBe("57P01");
   });
 });
