@@ -65,6 +65,8 @@ export function createAccessState(deps: {
   let checking: Promise<void> | undefined;
   let evictedBefore: number | undefined;
   let warnedPolicy = false;
+  /** Writes the store refused so far; a check that saw one happen meanwhile proves nothing. */
+  let refusedWrites = 0;
 
   async function refill(watermark: number) {
     const since = new Date(Date.now() - accessTtlSeconds * 1000);
@@ -91,6 +93,7 @@ export function createAccessState(deps: {
 
   async function check() {
     const connection = kv.connections;
+    const refusedBefore = refusedWrites;
     const latest = await repo.currentChange();
     const [[generation, watermark], { policy, evicted }] = await Promise.all([
       kv.getMany([GENERATION_KEY, WATERMARK_KEY]),
@@ -114,6 +117,7 @@ export function createAccessState(deps: {
     const evictedSince = evictedBefore !== undefined && evicted > evictedBefore;
     if (mustRefill || evictedSince || !generation || Number(watermark ?? 0) < due) await refill(latest);
     evictedBefore = evicted;
+    if (refusedWrites !== refusedBefore) return;
     trusted = true;
     mustRefill = false;
     sawError = false;
@@ -138,6 +142,7 @@ export function createAccessState(deps: {
 
   /** The store did not take a change: nobody may trust it until a refill has put the change there. */
   async function distrust(error: Error) {
+    refusedWrites++;
     trusted = false;
     mustRefill = true;
     sawError = true;
