@@ -42,6 +42,7 @@ export const users = pgTable(
     uniqueIndex("users_username_lower_idx").on(sql`lower(${table.username})`),
     uniqueIndex("users_email_lower_idx").on(sql`lower(${table.email})`),
     index("users_created_at_idx").on(table.createdAt),
+    index("users_updated_at_idx").on(table.updatedAt),
     check("users_role_check", sql`${table.role} in ('user', 'admin')`),
   ],
 );
@@ -81,7 +82,11 @@ export const authSessions = pgTable(
     expiresAt: timestamptz("expires_at").notNull(),
     revokedAt: timestamptz("revoked_at"),
   },
-  (table) => [index("auth_sessions_user_idx").on(table.userId)],
+  (table) => [
+    index("auth_sessions_user_idx").on(table.userId),
+    // The auth cache replays recent revocations from here.
+    index("auth_sessions_revoked_at_idx").on(table.revokedAt),
+  ],
 );
 
 /** Access tokens revoked before their expiry (logout); the durable side of the revocation cache. */
@@ -90,8 +95,12 @@ export const revokedTokens = pgTable(
   {
     jti: uuid("jti").primaryKey(),
     expiresAt: timestamptz("expires_at").notNull(),
+    revokedAt: timestamptz("revoked_at").notNull().defaultNow(),
   },
-  (table) => [index("revoked_tokens_expires_idx").on(table.expiresAt)],
+  (table) => [
+    index("revoked_tokens_expires_idx").on(table.expiresAt),
+    index("revoked_tokens_revoked_at_idx").on(table.revokedAt),
+  ],
 );
 
 export const usedPasswordResetTokens = pgTable("used_password_reset_tokens", {

@@ -19,6 +19,8 @@ const YEAR_SECONDS = 365 * 86_400;
 const CHECK_INTERVAL_MS = 2000;
 const RETRY_INTERVAL_MS = 250;
 const REFILL_BATCH = 500;
+/** How far before the previous check a replay looks back: the interval's overlap and clock skew between instances. */
+const REPLAY_MARGIN_MS = 10_000;
 
 export interface AccessState {
   user: PublicUser | undefined;
@@ -61,6 +63,7 @@ export function createAccessState(deps: {
   let sawError = true;
   let checkedConnection = -1;
   let lastSeen: number | undefined;
+  let lastCheckStarted: number | undefined;
   let lastCheck = 0;
   let checking: Promise<void> | undefined;
   let evictedBefore: number | undefined;
@@ -68,21 +71,33 @@ export function createAccessState(deps: {
   /** Writes the store refused so far; a check that saw one happen meanwhile proves nothing. */
   let refusedWrites = 0;
 
-  async function refill(watermark: number) {
-    const since = new Date(Date.now() - accessTtlSeconds * 1000);
-    const { tokens, sessions } = await repo.liveRevocations(since);
+  /** The store entries that say these tokens and sessions are revoked, for as long as that can matter. */
+  function markers(revoked: {
+    tokens: { jti: string; expiresAt: Date }[];
+    sessions: { id: string; revokedAt: Date | null }[];
+  }) {
     const now = Date.now();
-    const entries = [
-      ...tokens.map((t) => ({ key: tokenKey(t.jti), value: "1", ttlSeconds: (t.expiresAt.getTime() - now) / 1000 })),
-      ...sessions.map((s) => ({
+    return [
+      ...revoked.tokens.map((t) => ({
+        key: tokenKey(t.jti),
+        value: "1",
+        ttlSeconds: (t.expiresAt.getTime() - now) / 1000,
+      })),
+      ...revoked.sessions.map((s) => ({
         key: sessionKey(s.id),
         value: "1",
         ttlSeconds: accessTtlSeconds - (now - (s.revokedAt as Date).getTime()) / 1000,
       })),
     ].filter((entry) => entry.ttlSeconds >= 1);
-    for (let i = 0; i < entries.length; i += REFILL_BATCH) {
-      await kv.commit({ set: entries.slice(i, i + REFILL_BATCH) });
-    }
+  }
+
+  async function writeInBatches(entries: { key: string; value: string; ttlSeconds: number }[]) {
+    for (let i = 0; i < entries.length; i += REFILL_BATCH) await kv.commit({ set: entries.slice(i, i + REFILL_BATCH) });
+  }
+
+  async function refill(watermark: number) {
+    const entries = markers(await repo.liveRevocations(new Date(Date.now() - accessTtlSeconds * 1000)));
+    await writeInBatches(entries);
     // A new generation: users cached before it (maybe stale) are ignored from now on.
     await kv.commit({
       set: [{ key: GENERATION_KEY, value: crypto.randomUUID(), ttlSeconds: YEAR_SECONDS }],
@@ -91,7 +106,23 @@ export function createAccessState(deps: {
     logger.info("auth cache refilled", { revocations: entries.length, watermark });
   }
 
+  /**
+   * Writes again what changed in the database lately: a change whose own cache write never happened
+   * (the process died in between) is healed here, whatever the watermark says.
+   */
+  async function replay(since: Date) {
+    const recent = await repo.changesSince(since);
+    // Fresh values: writing back any earlier one could revive an entry cached under it.
+    const versions = recent.users.map((id) => ({
+      key: versionKey(id),
+      value: crypto.randomUUID(),
+      ttlSeconds: userTtlSeconds + 60,
+    }));
+    await writeInBatches([...markers(recent), ...versions]);
+  }
+
   async function check() {
+    const startedAt = Date.now();
     const connection = kv.connections;
     const refusedBefore = refusedWrites;
     const latest = await repo.currentChange();
@@ -112,10 +143,13 @@ export function createAccessState(deps: {
       }
       throw new Error(`maxmemory-policy ${policy}`);
     }
-    // Changes older than the previous check have had a whole interval to reach the store.
-    const due = sawError || lastSeen === undefined ? latest : lastSeen;
+    // Changes older than the previous check have had a whole interval to reach the store; after an
+    // error or a new connection (a restart, maybe from an old snapshot) every change must be there.
+    const suspect = sawError || lastSeen === undefined || connection !== checkedConnection;
+    const due = suspect ? latest : (lastSeen as number);
     const evictedSince = evictedBefore !== undefined && evicted > evictedBefore;
     if (mustRefill || evictedSince || !generation || Number(watermark ?? 0) < due) await refill(latest);
+    else if (lastCheckStarted !== undefined) await replay(new Date(lastCheckStarted - REPLAY_MARGIN_MS));
     evictedBefore = evicted;
     if (refusedWrites !== refusedBefore) return;
     trusted = true;
@@ -123,6 +157,7 @@ export function createAccessState(deps: {
     sawError = false;
     checkedConnection = connection;
     lastSeen = latest;
+    lastCheckStarted = startedAt;
   }
 
   /** Compares the store with the database in the background, at most once per interval. */
@@ -159,13 +194,16 @@ export function createAccessState(deps: {
    */
   async function changed(write: { set?: { key: string; value: string; ttlSeconds: number }[]; userId?: string }) {
     if (!cacheable) return;
-    const watermark = await repo.nextChange();
-    const version = write.userId
-      ? [{ key: versionKey(write.userId), value: String(watermark), ttlSeconds: userTtlSeconds + 60 }]
-      : [];
-    await kv
-      .commit({ set: [...(write.set ?? []), ...version], raise: { key: WATERMARK_KEY, value: watermark } })
-      .catch((error: Error) => distrust(error));
+    try {
+      const watermark = await repo.nextChange();
+      const version = write.userId
+        ? [{ key: versionKey(write.userId), value: String(watermark), ttlSeconds: userTtlSeconds + 60 }]
+        : [];
+      await kv.commit({ set: [...(write.set ?? []), ...version], raise: { key: WATERMARK_KEY, value: watermark } });
+    } catch (error) {
+      // The database has the change; until the store has it too, nobody may trust the store.
+      await distrust(error as Error);
+    }
   }
 
   async function fromDatabase(claims: Claims): Promise<AccessState> {

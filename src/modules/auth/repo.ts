@@ -92,6 +92,23 @@ export function createAuthRepo(orm: Orm) {
       return { tokens, sessions };
     },
 
+    /** What changed since `since` (users, revoked sessions and tokens), for the cache to apply again. */
+    async changesSince(since: Date) {
+      const now = new Date();
+      const [changedUsers, tokens, sessions] = await Promise.all([
+        orm.select({ id: users.id }).from(users).where(gt(users.updatedAt, since)),
+        orm
+          .select({ jti: revokedTokens.jti, expiresAt: revokedTokens.expiresAt })
+          .from(revokedTokens)
+          .where(and(gt(revokedTokens.revokedAt, since), gt(revokedTokens.expiresAt, now))),
+        orm
+          .select({ id: authSessions.id, revokedAt: authSessions.revokedAt })
+          .from(authSessions)
+          .where(gt(authSessions.revokedAt, since)),
+      ]);
+      return { users: changedUsers.map((row) => row.id), tokens, sessions };
+    },
+
     /** Advances the change counter (see `authChangeSeq`), returning the new value. */
     async nextChange(): Promise<number> {
       const result = await orm.execute(sql`select nextval('auth_change_seq')::text as value`);

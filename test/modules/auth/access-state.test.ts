@@ -92,11 +92,16 @@ describe.skipIf(!HAS_REDIS_SERVER)("revocation holds when Redis misbehaves", () 
     await settle(a, account);
     expect((await me(a, account)).status).toBe(200);
     expect(await server.cli("save")).toBe("OK");
+    await settle(a, account); // a check between the snapshot and the logout
+    const bystander = await signUp(a.app);
 
     expect((await call(a.app, "POST", `${API}/auth/logout`, { token: account.access })).status).toBe(204);
     expect((await me(a, account)).status).toBe(401);
     await server.stop();
     await server.start();
+    await Bun.sleep(1500); // reconnected, without a single command failing
+    // A later change raises the watermark past the lost logout's.
+    await call(a.app, "PATCH", `${API}/users/me`, { token: bystander.access, body: { name: "Bystander" } });
 
     // A fresh instance too, which has never seen the logout.
     const b = await makeApp({}, { config: a.deps.config, kv: await storeOn(server) });
@@ -170,6 +175,9 @@ describe("changes the cache never heard of", () => {
       .update(authSessions)
       .set({ revokedAt: new Date() })
       .where(eq(authSessions.userId, account.id));
+    // Another user's change, cached normally, raises the watermark past the lost one.
+    const other = await signUp(ctx.app);
+    await call(ctx.app, "PATCH", `${API}/users/me`, { token: other.access, body: { name: "Other" } });
     expect(await eventually(async () => (await me(ctx, account)).status === 401, 8000)).toBe(true);
     for (let i = 0; i < 5; i++) expect((await me(ctx, account)).status).toBe(401);
   }, 15_000);
