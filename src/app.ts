@@ -17,6 +17,9 @@ import { createAuthRepo } from "./modules/auth/repo";
 import { authRoutes } from "./modules/auth/routes";
 import { createAuthService } from "./modules/auth/service";
 import { createTokenService } from "./modules/auth/tokens";
+import { createFilesRepo } from "./modules/files/repo";
+import { filesRoutes, UPLOAD_PATHS } from "./modules/files/routes";
+import { createFilesService } from "./modules/files/service";
 import { healthRoutes } from "./modules/health/routes";
 import { createHealthService } from "./modules/health/service";
 import { createUsersRepo } from "./modules/users/repo";
@@ -27,6 +30,7 @@ import type { Logger } from "./platform/logger";
 import { createMailer, type Mailer } from "./platform/mail";
 import { createPasswordHasher } from "./platform/passwords";
 import { createRateLimiter } from "./platform/rate-limiter";
+import { diskStorage, type ObjectStorage } from "./platform/storage";
 
 export interface AppDeps {
   config: Config;
@@ -37,12 +41,16 @@ export interface AppDeps {
   inFlight?: InFlight;
   /** Defaults to SMTP_URL's server, or the log outside production. */
   mailer?: Mailer;
+  /** Defaults to files under UPLOAD_DIR. */
+  storage?: ObjectStorage;
   startedAt?: number;
 }
 
 export const API_PREFIX = "/api/v1";
 /** Routes that also take an HTML form (the OAuth2 password flow of the docs' Authorize button). */
 const FORM_ROUTES = [`${API_PREFIX}/auth/login`];
+/** Routes that stream their bodies themselves. */
+const STREAM_ROUTES = UPLOAD_PATHS.map((path) => `${API_PREFIX}${path}`);
 
 const DOCUMENTATION = {
   info: {
@@ -53,6 +61,7 @@ const DOCUMENTATION = {
   tags: [
     { name: "auth", description: "Registration, login and tokens" },
     { name: "users", description: "Profiles and administration" },
+    { name: "files", description: "Uploads and downloads" },
     { name: "health", description: "Liveness, readiness and status" },
   ],
   components: {
@@ -84,10 +93,24 @@ export function createServices(deps: AppDeps) {
     logger,
   });
   const limits = rateLimits(createRateLimiter(kv, logger), config);
+  const files = createFilesService({
+    repo: createFilesRepo(db.orm),
+    storage: deps.storage ?? diskStorage(config.uploadDir),
+    config: {
+      maxBytes: config.MAX_UPLOAD_SIZE,
+      allowedTypes: config.allowedFileTypes,
+      quota: config.USER_STORAGE_QUOTA,
+    },
+    logger,
+  });
   const users = createUsersService({
     repo: usersRepo,
     passwords,
-    hooks: { userChanged: access.userChanged, endSessions: access.revokeUserSessions },
+    hooks: {
+      userChanged: access.userChanged,
+      endSessions: access.revokeUserSessions,
+      bytesRemover: files.bytesRemover,
+    },
     passwordAttempts: limits.attempts("passwordChange"),
     logger,
   });
@@ -104,14 +127,26 @@ export function createServices(deps: AppDeps) {
     mailer,
     logger,
   });
-  return { users, auth, limits };
+  return { users, auth, files, limits };
+}
+
+/** How the binary listens; tests that need a real socket listen the same way. */
+export function listenOptions(config: Pick<Config, "PORT" | "HOST">) {
+  return {
+    port: config.PORT,
+    hostname: config.HOST,
+    // Every limit is ours, enforced while streaming, so every oversize body gets the contract's 413.
+    // Bun's own limit answers with a bare 413 and closes the socket (the client often sees EPIPE).
+    maxRequestBodySize: Number.POSITIVE_INFINITY,
+    development: false,
+  };
 }
 
 /** Builds the whole HTTP application from its dependencies; no I/O happens here. */
 export function createApp(deps: AppDeps) {
   const { config, db, kv, logger } = deps;
   const health = createHealthService({ db, kv, version: VERSION, startedAt: deps.startedAt ?? Date.now() });
-  const { users, auth, limits } = createServices(deps);
+  const { users, auth, files, limits } = createServices(deps);
   const guard = authGuard(auth.authenticate);
   const observers = [accessLog(logger)].filter((observer): observer is RequestObserver => observer !== undefined);
 
@@ -124,14 +159,15 @@ export function createApp(deps: AppDeps) {
     // After CORS: a preflight answered there never reaches onAfterResponse, so it must not be counted.
     .use(deps.inFlight ? inFlightTracking(deps.inFlight) : new Elysia())
     .use(observability(observers))
-    .use(bodyParser({ formRoutes: FORM_ROUTES }))
+    .use(bodyParser({ formRoutes: FORM_ROUTES, streamRoutes: STREAM_ROUTES }))
     .use(limits.perRequest)
     .use(docsRoutes)
     .group(API_PREFIX, (api) =>
       api
         .use(healthRoutes(health))
         .use(authRoutes({ auth, users, guard, limits: limits.perRoute }))
-        .use(usersRoutes({ users, guard })),
+        .use(usersRoutes({ users, guard }))
+        .use(filesRoutes({ files, guard, limits: limits.perRoute })),
     );
   return app.use(openapiRoute(app, DOCUMENTATION, { formBodies: FORM_ROUTES, apiPrefix: API_PREFIX }));
 }

@@ -54,6 +54,8 @@ const EnvSchema = T.Object({
   RATE_LIMIT_REGISTER: T.String({ ...rate, default: "5/hour" }),
   RATE_LIMIT_PASSWORD_RESET: T.String({ ...rate, default: "3/hour" }),
   RATE_LIMIT_PASSWORD_CHANGE: T.String({ ...rate, default: "5/hour" }),
+  RATE_LIMIT_UPLOAD: T.String({ ...rate, default: "60/minute" }),
+  USER_STORAGE_QUOTA: T.Optional(T.Integer({ minimum: 1 })),
   RATE_LIMIT_DEFAULT: T.String({ ...rate, default: "300/minute" }),
   TRUST_PROXY: T.Boolean({ default: false }),
   STORAGE_URL: T.Optional(T.String({ pattern: "^(s3://[^/]+(/.*)?|file://.+)$" })),
@@ -85,6 +87,7 @@ export interface Config
     register: RateLimit;
     passwordReset: RateLimit;
     passwordChange: RateLimit;
+    upload: RateLimit;
     default: RateLimit;
   };
 }
@@ -201,6 +204,7 @@ export function loadConfig(raw: Record<string, string | undefined>): Config {
     RATE_LIMIT_REGISTER,
     RATE_LIMIT_PASSWORD_RESET,
     RATE_LIMIT_PASSWORD_CHANGE,
+    RATE_LIMIT_UPLOAD,
     RATE_LIMIT_DEFAULT,
     ...rest
   } = env;
@@ -222,6 +226,7 @@ export function loadConfig(raw: Record<string, string | undefined>): Config {
       register: parseRate(RATE_LIMIT_REGISTER),
       passwordReset: parseRate(RATE_LIMIT_PASSWORD_RESET),
       passwordChange: parseRate(RATE_LIMIT_PASSWORD_CHANGE),
+      upload: parseRate(RATE_LIMIT_UPLOAD),
       default: parseRate(RATE_LIMIT_DEFAULT),
     },
   };

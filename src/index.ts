@@ -2,7 +2,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Value } from "@sinclair/typebox/value";
-import { createApp, createServices } from "./app";
+import { createApp, createServices, listenOptions } from "./app";
 import { type Config, ConfigError, loadConfig, readEnvironment, VERSION } from "./config";
 import { connectPostgres, type Database, DatabaseInUseError, openPglite } from "./db/client";
 import { runMigrations } from "./db/migrate";
@@ -10,6 +10,7 @@ import { AppError } from "./http/errors";
 import { AdminCreateBody } from "./modules/users/model";
 import { createStore, MemoryStore } from "./platform/kv";
 import { createLogger, type Logger } from "./platform/logger";
+import { diskStorage } from "./platform/storage";
 
 const HELP = `ReViewPoint API server ${VERSION}
 
@@ -27,6 +28,8 @@ Options:
 
 Configuration comes from the environment and config/.env (the environment wins);
 see the README for every variable.`;
+
+const ORPHAN_AGE_MS = 3_600_000;
 
 async function openDatabase(config: Config): Promise<Database> {
   if (config.databaseUrl) return connectPostgres({ url: config.databaseUrl, max: config.DB_POOL_MAX });
@@ -79,13 +82,13 @@ async function serveCommand(config: Config, logger: Logger) {
   const db = await openDatabase(config);
   const [applied, kv] = await Promise.all([runMigrations(db), createStore(config.REDIS_URL, logger)]);
   const inFlight = { count: 0 };
-  const app = createApp({ config, db, kv, logger, startedAt, inFlight }).listen({
-    port: config.PORT,
-    hostname: config.HOST,
-    // Our own limits answer first with the contract's 413; this only stops runaway bodies.
-    maxRequestBodySize: config.MAX_UPLOAD_SIZE + 1024 * 1024,
-    development: false,
-  });
+  const storage = diskStorage(config.uploadDir);
+  // What uploads cut short by a crash left behind; an upload in flight is never this old.
+  storage
+    .sweep(ORPHAN_AGE_MS)
+    .then((removed) => removed > 0 && logger.info("removed orphaned temporary uploads", { removed }))
+    .catch((error: Error) => logger.warn("sweep of temporary uploads failed", { error: error.message }));
+  const app = createApp({ config, db, kv, logger, startedAt, inFlight, storage }).listen(listenOptions(config));
   const server = app.server;
   if (!server) throw new Error("server did not start");
   logger.info("listening", {

@@ -61,6 +61,8 @@ export function testConfig(overrides: Record<string, string> = {}): Config {
     BCRYPT_ROUNDS: "4",
     RATE_LIMIT_ENABLED: "false",
     DATA_DIR: "/tmp/reviewpoint-test",
+    // Each app its own upload folder, so a test can count what was stored.
+    UPLOAD_DIR: mkdtempSync(join(tmpdir(), "rp-uploads-")),
     ...overrides,
   });
 }

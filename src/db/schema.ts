@@ -119,3 +119,4 @@ export const usedPasswordResetTokens = pgTable("used_password_reset_tokens", {
 export const authChangeSeq = pgSequence("auth_change_seq");
 
 export type UserRow = typeof users.$inferSelect;
+export type FileRow = typeof files.$inferSelect;

@@ -10,14 +10,17 @@ const ROLE_PERMISSIONS: Record<Role, ReadonlySet<Permission>> = {
   admin: new Set(["users:read", "users:write", "files:read", "files:write", "files:delete"]),
 };
 
-const hasPermission = (role: Role, permission: Permission) => ROLE_PERMISSIONS[role].has(permission);
+export const hasPermission = (role: Role, permission: Permission) => ROLE_PERMISSIONS[role].has(permission);
 
 export interface AuthRequirement {
   role?: Role;
   permission?: Permission;
+  /** Anonymous callers pass (with no principal); a token that is sent must still be valid. */
+  optional?: boolean;
 }
 
 export const requireAuth: AuthRequirement = {};
+export const optionalAuth: AuthRequirement = { optional: true };
 export const requireRole = (role: Role): AuthRequirement => ({ role });
 export const requirePermission = (permission: Permission): AuthRequirement => ({ permission });
 
@@ -26,7 +29,7 @@ export const BEARER_SECURITY: Record<string, string[]>[] = [{ bearerAuth: [] }, 
 
 /** What a guard needs of whoever the token names; the auth module supplies the rest. */
 export interface Authenticated {
-  user: { role: Role };
+  user: { id: string; role: Role };
 }
 
 /**
@@ -41,12 +44,15 @@ export function authGuard<P extends Authenticated>(authenticate: (authorization:
     auth: (requirement: AuthRequirement) => ({
       // Read from the request itself: in the compiled binary Elysia's static analysis misses `headers` here.
       async transform({ request }) {
-        const principal = await authenticate(request.headers.get("authorization") ?? undefined);
+        const authorization = request.headers.get("authorization") ?? undefined;
+        if (requirement.optional && authorization === undefined) return;
+        const principal = await authenticate(authorization);
         const { role } = principal.user;
         if (requirement.role && role !== requirement.role) throw errors.forbidden();
         if (requirement.permission && !hasPermission(role, requirement.permission)) throw errors.forbidden();
         principals.set(request, principal);
       },
+      // Typed as always present: only an `optionalAuth` route can see it undefined, and it says so.
       resolve: ({ request }) => ({ principal: principals.get(request) as P }),
     }),
   });

@@ -21,13 +21,17 @@ async function readCapped(request: Request, limit: number): Promise<string> {
 export const mediaType = (contentType: string) => contentType.split(";", 1)[0]?.trim().toLowerCase() ?? "";
 
 /**
- * The one body parser. JSON everywhere; an HTML form only on `formRoutes` (the OAuth2 password flow).
+ * The one body parser. JSON everywhere; an HTML form only on `formRoutes` (the OAuth2 password flow);
+ * nothing at all on `streamRoutes`, which stream their bodies themselves.
  * Any other media type is refused with 415 before a byte of the body is read, so Elysia's own parsers
  * (which read text and multipart bodies whole, uncapped) never run.
  */
-export function bodyParser(options: { formRoutes: readonly string[] }) {
+export function bodyParser(options: { formRoutes: readonly string[]; streamRoutes: readonly string[] }) {
   const formRoutes = new Set(options.formRoutes);
+  const streamRoutes = new Set(options.streamRoutes);
   return new Elysia({ name: "body-parser" }).onParse({ as: "global" }, async ({ request, contentType, route }) => {
+    // The route reads `request.body` itself, with its own limits (uploads); null stops Elysia's parsers.
+    if (streamRoutes.has(route)) return null;
     if (!request.body) return undefined;
     const type = mediaType(contentType);
     if (type === "application/json") {

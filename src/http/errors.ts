@@ -12,6 +12,7 @@ export type ErrorCode =
   | "CONFLICT"
   | "PAYLOAD_TOO_LARGE"
   | "UNSUPPORTED_MEDIA_TYPE"
+  | "RANGE_NOT_SATISFIABLE"
   | "VALIDATION_ERROR"
   | "RATE_LIMITED"
   | "INTERNAL_ERROR"
@@ -48,7 +49,11 @@ export const errors = {
   notFound: (what = "Resource") => new AppError(404, "NOT_FOUND", `${what} not found`),
   conflict: (message: string, details: ErrorDetail[] = []) => new AppError(409, "CONFLICT", message, details),
   tooLarge: (limit: number) => new AppError(413, "PAYLOAD_TOO_LARGE", `Request body exceeds ${limit} bytes`),
+  overQuota: (quota: number) =>
+    new AppError(413, "PAYLOAD_TOO_LARGE", `This upload would exceed your storage quota of ${quota} bytes`),
   unsupportedMediaType: (message: string) => new AppError(415, "UNSUPPORTED_MEDIA_TYPE", message),
+  rangeNotSatisfiable: (size: number) =>
+    new AppError(416, "RANGE_NOT_SATISFIABLE", "Range not satisfiable", [], { "content-range": `bytes */${size}` }),
   validation: (details: ErrorDetail[]) => new AppError(422, "VALIDATION_ERROR", "Invalid input data", details),
   rateLimited: (retryAfterSeconds: number, headers: Record<string, string>) =>
     new AppError(429, "RATE_LIMITED", "Too many requests; try again later", [], {
@@ -80,6 +85,7 @@ const ERROR_DESCRIPTIONS: Record<number, string> = {
   409: "Conflicts with an existing resource",
   413: "Body too large",
   415: "Unsupported media type",
+  416: "Range not satisfiable (see Content-Range)",
   422: "Validation failed",
   429: "Rate limited",
   503: "Database unavailable",

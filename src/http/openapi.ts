@@ -94,8 +94,10 @@ function repair(document: Document, app: AnyElysia, options: OpenApiOptions): Do
       if (optionalBodies.has(`${method} ${path}`)) body.required = false;
       // What the body parser accepts: JSON, and an HTML form on the form routes (else 415).
       const json = body.content["application/json"];
-      body.content = { "application/json": json };
-      if (json && options.formBodies.includes(path)) body.content["application/x-www-form-urlencoded"] = json;
+      if (json) {
+        body.content = { "application/json": json };
+        if (options.formBodies.includes(path)) body.content["application/x-www-form-urlencoded"] = json;
+      }
     }
   }
   return document;

@@ -10,7 +10,11 @@ export type RuleName = Exclude<keyof Config["rateLimits"], "enabled">;
 /** One limit a route declares: which configured rule, counted against which key (none: not counted). */
 export interface LimitSpec {
   rule: RuleName;
-  key: (request: { ip: string; body: unknown }) => string | undefined | Promise<string | undefined>;
+  key: (request: {
+    ip: string;
+    body: unknown;
+    userId: string | undefined;
+  }) => string | undefined | Promise<string | undefined>;
 }
 
 /** Health probes: never limited (a load balancer asks as often as it likes) and never touching the store. */
@@ -18,6 +22,8 @@ export const isProbePath = (path: string) => /^\/api\/v1\/health(\/|$)/.test(pat
 
 /** Counts against the client IP. */
 export const perIp: LimitSpec["key"] = ({ ip }) => ip;
+/** Counts against the signed-in user (declare `auth:` before `rateLimit:` on the route). */
+export const perUser: LimitSpec["key"] = ({ userId }) => userId;
 
 /**
  * Rate limits: RATE_LIMIT_DEFAULT per client IP on every API request, and a `rateLimit:` route option
@@ -64,11 +70,13 @@ export function rateLimits(limiter: RateLimiter, config: Pick<Config, "rateLimit
   // What modules use: only the `rateLimit:` option, which adds hooks to the routes that declare it.
   const perRoute = new Elysia({ name: "rate-limit-option" }).macro({
     rateLimit: (specs: LimitSpec | LimitSpec[]) => ({
-      async beforeHandle({ request, server, body, set }) {
+      async beforeHandle(context) {
         if (!enabled) return;
+        const { request, server, body, set } = context;
         const ip = ipOf(request, server);
+        const userId = (context as { principal?: { user: { id: string } } }).principal?.user.id;
         for (const spec of Array.isArray(specs) ? specs : [specs]) {
-          const key = await spec.key({ ip, body });
+          const key = await spec.key({ ip, body, userId });
           if (key !== undefined) await enforce(set, spec.rule, key);
         }
       },

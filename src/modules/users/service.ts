@@ -19,6 +19,8 @@ export interface AccountHooks {
   userChanged(id: string): Promise<void>;
   /** Ends every login of the user except `keep`. */
   endSessions(id: string, keep?: string): Promise<void>;
+  /** Before a user is deleted: notes what it stored, and returns what removes those bytes afterwards. */
+  bytesRemover(id: string): Promise<() => Promise<void>>;
 }
 
 /** A limit on attempts: `take` counts one and throws (429) once over. */
@@ -129,11 +131,17 @@ export function createUsersService(deps: {
       await apply(id, { isActive: false });
     },
 
+    /** The user, its rows (by cascade), then its stored bytes. */
     async delete(id: string): Promise<void> {
+      const removeBytes = await hooks.bytesRemover(id);
       const deleted = await repo.delete(id);
       if (deleted === "last-admin") throw lastAdmin();
       if (!deleted) throw errors.notFound("User");
       await hooks.userChanged(id);
+      // The user is gone either way; bytes left behind are logged, not a failed request.
+      await removeBytes().catch((error: Error) =>
+        logger.error("removing a deleted user's files failed", { user_id: id, error: loggableError(error) }),
+      );
     },
 
     async list(params: UserListParams) {

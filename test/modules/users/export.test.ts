@@ -140,7 +140,7 @@ describe("an export that fails", () => {
     const users = createUsersService({
       repo,
       passwords: createPasswordHasher(4),
-      hooks: { userChanged: async () => {}, endSessions: async () => {} },
+      hooks: { userChanged: async () => {}, endSessions: async () => {}, bytesRemover: async () => async () => {} },
       passwordAttempts: { take: async () => {} },
       logger,
     });

@@ -1,0 +1,78 @@
+import { t } from "elysia";
+import type { FileRow } from "../../db/schema";
+import { SingleLine } from "../../http/text";
+import { Uuid } from "../users/model";
+
+export const FileInfo = t.Object(
+  {
+    id: t.String({ format: "uuid" }),
+    filename: t.String({ description: "The original name, cleaned for display" }),
+    content_type: t.String(),
+    file_size: t.Integer({ description: "Bytes" }),
+    file_hash: t.String({ description: "SHA-256 of the bytes, hex" }),
+    is_public: t.Boolean(),
+    uploaded_at: t.String({ format: "date-time" }),
+    owner_id: t.String({ format: "uuid" }),
+  },
+  { title: "File", description: "The file's metadata" },
+);
+export type FileInfo = typeof FileInfo.static;
+
+/** The multipart body, for the document only: the route streams it itself. */
+export const UploadForm = t.Object({
+  file: t.File({ description: "The file; its part's Content-Type must be one of ALLOWED_FILE_TYPES" }),
+  is_public: t.Optional(t.BooleanString({ description: "Anyone may read and download it (default false)" })),
+});
+
+export const FilePatch = t.Object({
+  filename: t.Optional(SingleLine({ minLength: 1, maxLength: 255 })),
+  is_public: t.Optional(t.Boolean()),
+});
+export type FileChanges = typeof FilePatch.static;
+
+export const FileListQuery = t.Object({
+  owner_id: t.Optional(Uuid),
+  all: t.Optional(t.Boolean({ description: "Admin: every user's files" })),
+  q: t.Optional(SingleLine({ maxLength: 100, description: "Substring of the filename" })),
+  content_type: t.Optional(SingleLine({ maxLength: 127 })),
+  offset: t.Integer({ minimum: 0, maximum: 2_147_483_647, default: 0 }),
+  limit: t.Integer({ minimum: 1, maximum: 100, default: 20 }),
+  sort: t.Union([t.Literal("uploaded_at"), t.Literal("filename"), t.Literal("file_size")], { default: "uploaded_at" }),
+  order: t.Union([t.Literal("asc"), t.Literal("desc")], { default: "desc" }),
+});
+export type FileListParams = typeof FileListQuery.static;
+
+export const FileList = t.Object(
+  { items: t.Array(FileInfo), total: t.Integer(), offset: t.Integer(), limit: t.Integer() },
+  { title: "FileList", description: "One page of files, with the total of all matches" },
+);
+
+export function toFileInfo(row: FileRow): FileInfo {
+  return {
+    id: row.id,
+    filename: row.filename,
+    content_type: row.contentType,
+    file_size: row.fileSize,
+    file_hash: row.fileHash,
+    is_public: row.isPublic,
+    uploaded_at: row.uploadedAt.toISOString(),
+    owner_id: row.ownerId,
+  };
+}
+
+// Control characters (C0, DEL, C1) and the bidirectional overrides that can make `txt.exe` look like `exe.txt`.
+const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+const MAX_FILENAME_BYTES = 255;
+
+/**
+ * The client's file name, fit for display: no path parts, no control or bidi characters, at most 255
+ * bytes of UTF-8 (never cutting a character), never empty. It never builds a path or a key.
+ */
+export function cleanFilename(raw: string): string {
+  const base = raw.split(/[/\\]/).at(-1) ?? "";
+  let name = base.normalize("NFC").replace(UNSAFE, "").trim();
+  if (name === "" || name === "." || name === "..") return "file";
+  const encoder = new TextEncoder();
+  while (encoder.encode(name).byteLength > MAX_FILENAME_BYTES) name = Array.from(name).slice(0, -1).join("");
+  return name;
+}

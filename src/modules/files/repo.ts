@@ -1,0 +1,78 @@
+import { and, asc, count, desc, eq, ilike, sql, sum } from "drizzle-orm";
+import type { Orm } from "../../db/client";
+import { type FileRow, files } from "../../db/schema";
+import type { FileListParams } from "./model";
+
+export type NewFile = typeof files.$inferInsert;
+
+const SORT_COLUMNS = { uploaded_at: files.uploadedAt, filename: files.filename, file_size: files.fileSize } as const;
+
+const escapeLike = (text: string) => text.replace(/[\\%_]/g, (c) => `\\${c}`);
+
+export function createFilesRepo(orm: Orm) {
+  return {
+    async findById(id: string): Promise<FileRow | undefined> {
+      const [row] = await orm.select().from(files).where(eq(files.id, id)).limit(1);
+      return row;
+    },
+
+    /**
+     * Inserts the row unless it would take the owner past `quota` bytes ("over-quota"). Uploads of one
+     * owner are serialised on an advisory lock for the check, so two cannot both fit the last bytes.
+     */
+    async insert(file: NewFile, quota: number | undefined): Promise<FileRow | "over-quota"> {
+      if (quota === undefined) {
+        const [row] = await orm.insert(files).values(file).returning();
+        return row as FileRow;
+      }
+      return orm.transaction(async (tx) => {
+        await tx.execute(sql`select pg_advisory_xact_lock(hashtext(${`files:${file.ownerId}`}))`);
+        const [used] = await tx
+          .select({ bytes: sum(files.fileSize) })
+          .from(files)
+          .where(eq(files.ownerId, file.ownerId));
+        if (Number(used?.bytes ?? 0) + file.fileSize > quota) return "over-quota";
+        const [row] = await tx.insert(files).values(file).returning();
+        return row as FileRow;
+      });
+    },
+
+    /** `owners`: undefined for every owner (an admin's `all=true`), else these. */
+    async list(params: FileListParams, owner: string | undefined): Promise<{ rows: FileRow[]; total: number }> {
+      const condition = and(
+        owner ? eq(files.ownerId, owner) : undefined,
+        params.q ? ilike(files.filename, `%${escapeLike(params.q)}%`) : undefined,
+        params.content_type ? eq(files.contentType, params.content_type.toLowerCase()) : undefined,
+      );
+      const direction = params.order === "asc" ? asc : desc;
+      const [rows, [totals]] = await Promise.all([
+        orm
+          .select()
+          .from(files)
+          .where(condition)
+          .orderBy(direction(SORT_COLUMNS[params.sort]), direction(files.id))
+          .offset(params.offset)
+          .limit(params.limit),
+        orm.select({ total: count() }).from(files).where(condition),
+      ]);
+      return { rows, total: totals?.total ?? 0 };
+    },
+
+    async update(id: string, changes: Partial<Pick<NewFile, "filename" | "isPublic">>) {
+      const [row] = await orm.update(files).set(changes).where(eq(files.id, id)).returning();
+      return row;
+    },
+
+    async delete(id: string): Promise<FileRow | undefined> {
+      const [row] = await orm.delete(files).where(eq(files.id, id)).returning();
+      return row;
+    },
+
+    async storageKeysOf(ownerId: string): Promise<string[]> {
+      const rows = await orm.select({ key: files.storageKey }).from(files).where(eq(files.ownerId, ownerId));
+      return rows.map((row) => row.key);
+    },
+  };
+}
+
+export type FilesRepo = ReturnType<typeof createFilesRepo>;

@@ -1,0 +1,190 @@
+import type { Role } from "../../db/schema";
+import { hasPermission } from "../../http/auth";
+import { errors, loggableError } from "../../http/errors";
+import type { Logger } from "../../platform/logger";
+import type { ObjectStorage } from "../../platform/storage";
+import { contentDisposition, matchesEtag, parseRange } from "./download";
+import { cleanFilename, type FileChanges, type FileInfo, type FileListParams, toFileInfo } from "./model";
+import type { FilesRepo } from "./repo";
+import { receiveUpload } from "./upload";
+
+/** Who asks: a signed-in user, or nobody (public files only). */
+export type Viewer = { id: string; role: Role } | undefined;
+
+export interface FilesConfig {
+  maxBytes: number;
+  allowedTypes: readonly string[];
+  /** Bytes a user may store in all; undefined: no quota. */
+  quota: number | undefined;
+}
+
+/** What the route sends back for a download. */
+export interface Download {
+  status: 200 | 206 | 304;
+  headers: Record<string, string>;
+  body: Blob | null;
+}
+
+const BOOLEAN_FIELD: Record<string, boolean> = { true: true, false: false, "1": true, "0": false };
+/** Headers and boundaries around the file part; a body longer than this plus the limit cannot fit. */
+const MULTIPART_OVERHEAD = 64 * 1024;
+
+export function createFilesService(deps: {
+  repo: FilesRepo;
+  storage: ObjectStorage;
+  config: FilesConfig;
+  logger: Logger;
+}) {
+  const { repo, storage, config, logger } = deps;
+
+  const isAdmin = (viewer: Viewer) => viewer !== undefined && hasPermission(viewer.role, "files:read");
+
+  /** The row if the viewer may see it; another user's private file does not exist for them (404). */
+  async function visible(viewer: Viewer, id: string) {
+    const row = await repo.findById(id);
+    if (!row || !(row.isPublic || row.ownerId === viewer?.id || isAdmin(viewer))) throw errors.notFound("File");
+    return row;
+  }
+
+  /** The row if the viewer may change it (its owner, or an admin). */
+  async function owned(viewer: Viewer, id: string, permission: "files:write" | "files:delete") {
+    const row = await visible(viewer, id);
+    if (row.ownerId !== viewer?.id && !(viewer && hasPermission(viewer.role, permission))) {
+      // Readable (public) but not theirs.
+      throw errors.forbidden();
+    }
+    return row;
+  }
+
+  return {
+    /**
+     * Streams the multipart body into a temporary object, then commits it under a new key and inserts
+     * the row. Any failure (a refused type or size, a malformed body, a client that hangs up, a
+     * database error) leaves neither an object nor a row.
+     */
+    async upload(
+      owner: { id: string },
+      request: { body: ReadableStream<Uint8Array> | null; contentType: string; contentLength: number | undefined },
+    ): Promise<FileInfo> {
+      if (!request.contentType.toLowerCase().startsWith("multipart/form-data")) {
+        throw errors.unsupportedMediaType("Send multipart/form-data with a part named 'file'");
+      }
+      if (request.contentLength !== undefined && request.contentLength > config.maxBytes + MULTIPART_OVERHEAD) {
+        throw errors.tooLarge(config.maxBytes);
+      }
+      const pending = await storage.begin();
+      const key = Bun.randomUUIDv7();
+      let committed = false;
+      try {
+        const received = await receiveUpload(request.body, request.contentType, config, pending);
+        const isPublic = received.fields.is_public === undefined ? false : BOOLEAN_FIELD[received.fields.is_public];
+        if (isPublic === undefined) throw errors.validation([{ field: "is_public", issue: "Must be true or false" }]);
+        await pending.commit(key);
+        committed = true;
+        const row = await repo.insert(
+          {
+            ownerId: owner.id,
+            filename: cleanFilename(received.filename),
+            contentType: received.contentType,
+            fileSize: received.size,
+            fileHash: received.hash,
+            storageKey: key,
+            isPublic,
+          },
+          config.quota,
+        );
+        if (row === "over-quota") {
+          throw errors.overQuota(config.quota as number);
+        }
+        return toFileInfo(row);
+      } catch (error) {
+        await (committed ? storage.delete(key) : pending.discard()).catch((cleanup: Error) =>
+          logger.error("upload cleanup failed", { storage_key: key, error: loggableError(cleanup) }),
+        );
+        throw error;
+      }
+    },
+
+    async list(viewer: NonNullable<Viewer>, params: FileListParams) {
+      const wantsOthers = params.all || (params.owner_id !== undefined && params.owner_id !== viewer.id);
+      if (wantsOthers && !isAdmin(viewer)) throw errors.forbidden("Only an admin may list other users' files");
+      const owner = params.all ? undefined : (params.owner_id ?? viewer.id);
+      const { rows, total } = await repo.list(params, owner);
+      return { items: rows.map(toFileInfo), total, offset: params.offset, limit: params.limit };
+    },
+
+    get: async (viewer: Viewer, id: string) => toFileInfo(await visible(viewer, id)),
+
+    /** The bytes with the headers a browser and a cache need: ranges, validators, a safe disposition. */
+    async download(
+      viewer: Viewer,
+      id: string,
+      conditions: { range: string | null; ifNoneMatch: string | null },
+    ): Promise<Download> {
+      const row = await visible(viewer, id);
+      const etag = `"${row.fileHash}"`;
+      const headers: Record<string, string> = {
+        etag,
+        "accept-ranges": "bytes",
+        "cache-control": row.isPublic ? "public, no-cache" : "private, no-cache",
+      };
+      if (matchesEtag(conditions.ifNoneMatch, etag)) return { status: 304, headers, body: null };
+      Object.assign(headers, {
+        "content-type": row.contentType,
+        "content-disposition": contentDisposition(row.filename),
+      });
+      const range = parseRange(conditions.range, row.fileSize);
+      if (range === "unsatisfiable") {
+        throw errors.rangeNotSatisfiable(row.fileSize);
+      }
+      if (!range) {
+        return {
+          status: 200,
+          headers: { ...headers, "content-length": String(row.fileSize) },
+          body: storage.read(row.storageKey),
+        };
+      }
+      return {
+        status: 206,
+        headers: {
+          ...headers,
+          "content-length": String(range.end - range.start + 1),
+          "content-range": `bytes ${range.start}-${range.end}/${row.fileSize}`,
+        },
+        body: storage.read(row.storageKey, range),
+      };
+    },
+
+    async update(viewer: NonNullable<Viewer>, id: string, changes: FileChanges): Promise<FileInfo> {
+      await owned(viewer, id, "files:write");
+      const row = await repo.update(id, {
+        filename: changes.filename === undefined ? undefined : cleanFilename(changes.filename),
+        isPublic: changes.is_public,
+      });
+      if (!row) throw errors.notFound("File");
+      return toFileInfo(row);
+    },
+
+    /** The row first, then the bytes: a failure in between leaves unreachable bytes, never a row without them. */
+    async delete(viewer: NonNullable<Viewer>, id: string): Promise<void> {
+      await owned(viewer, id, "files:delete");
+      const row = await repo.delete(id);
+      if (!row) throw errors.notFound("File");
+      await storage.delete(row.storageKey);
+    },
+
+    /**
+     * For deleting a user: reads the user's keys now and returns what removes their bytes once the
+     * user (and, by cascade, the rows) is gone.
+     */
+    async bytesRemover(ownerId: string): Promise<() => Promise<void>> {
+      const keys = await repo.storageKeysOf(ownerId);
+      return () => storage.delete(...keys);
+    },
+
+    /** Removes temporary objects a crash left behind (run at start-up). */
+    sweep: (olderThanMs: number) => storage.sweep(olderThanMs),
+  };
+}
+
+export type FilesService = ReturnType<typeof createFilesService>;

@@ -1,0 +1,160 @@
+import busboy from "busboy";
+import { fileTypeFromBuffer } from "file-type";
+import { AppError, errors } from "../../http/errors";
+import type { PendingObject } from "../../platform/storage";
+
+/** What a multipart upload delivered, once its bytes are in `pending` (not yet committed). */
+export interface ReceivedUpload {
+  filename: string;
+  contentType: string;
+  size: number;
+  /** SHA-256 of the bytes, hex. */
+  hash: string;
+  fields: Record<string, string>;
+}
+
+export interface UploadLimits {
+  maxBytes: number;
+  allowedTypes: readonly string[];
+}
+
+// file-type reads at most this much of the start of a file.
+const SNIFF_BYTES = 4100;
+const MAX_FIELDS = 8;
+
+/** Does the content match the declared type: magic bytes for binary types, valid UTF-8 for text? */
+async function contentMatches(declared: string, head: Uint8Array, validUtf8: boolean): Promise<boolean> {
+  if (declared.startsWith("text/")) return validUtf8;
+  return (await fileTypeFromBuffer(head))?.mime === declared;
+}
+
+/**
+ * Streams a multipart body: the part named `file` goes to `pending` chunk by chunk (each write awaited,
+ * so memory stays flat) while its SHA-256 is computed; the other parts are small fields. Decided while
+ * streaming: a type not allowed (415) and a size over the limit (413) stop the reading at once.
+ * Throws the contract's errors; the caller discards `pending` on any failure.
+ */
+export async function receiveUpload(
+  body: ReadableStream<Uint8Array> | null,
+  contentType: string,
+  limits: UploadLimits,
+  pending: PendingObject,
+): Promise<ReceivedUpload> {
+  let parser: busboy.Busboy;
+  try {
+    parser = busboy({
+      headers: { "content-type": contentType },
+      // Raw UTF-8 filenames arrive garbled without it.
+      defParamCharset: "utf8",
+      limits: { files: 1, fileSize: limits.maxBytes, fields: MAX_FIELDS, fieldSize: 1024, parts: MAX_FIELDS + 1 },
+    });
+  } catch {
+    throw errors.badRequest("Malformed multipart body: no boundary");
+  }
+
+  let failure: Error | undefined;
+  const fail = (error: Error) => {
+    failure ??= error;
+  };
+  const fields: Record<string, string> = {};
+  const hash = new Bun.CryptoHasher("sha256");
+  const head: Uint8Array[] = [];
+  let headSize = 0;
+  const utf8 = new TextDecoder("utf-8", { fatal: true });
+  let validUtf8 = true;
+  let file: { filename: string; contentType: string; size: number; done: Promise<void> } | undefined;
+
+  parser.on("file", (name, stream, info) => {
+    // Attached at once: a truncated body otherwise throws an uncaught error that kills the process.
+    stream.on("error", fail);
+    if (name !== "file" || file) {
+      if (name === "file") fail(errors.validation([{ field: "file", issue: "Send exactly one file" }]));
+      stream.resume();
+      return;
+    }
+    const declared = info.mimeType.toLowerCase();
+    if (!limits.allowedTypes.includes(declared)) {
+      fail(errors.unsupportedMediaType(`File type ${declared} is not allowed (${limits.allowedTypes.join(", ")})`));
+      stream.resume();
+      return;
+    }
+    const current = { filename: info.filename ?? "", contentType: declared, size: 0, done: Promise.resolve() };
+    file = current;
+    current.done = new Promise<void>((resolve) => {
+      stream.on("data", (chunk: Buffer) => {
+        stream.pause();
+        current.size += chunk.byteLength;
+        hash.update(chunk);
+        if (headSize < SNIFF_BYTES) {
+          head.push(chunk.subarray(0, SNIFF_BYTES - headSize));
+          headSize += Math.min(chunk.byteLength, SNIFF_BYTES - headSize);
+        }
+        if (validUtf8 && declared.startsWith("text/")) {
+          try {
+            utf8.decode(chunk, { stream: true });
+          } catch {
+            validUtf8 = false;
+          }
+        }
+        pending.write(chunk).then(
+          () => stream.resume(),
+          (error: Error) => {
+            fail(error);
+            stream.resume();
+          },
+        );
+      });
+      stream.on("limit", () => fail(errors.tooLarge(limits.maxBytes)));
+      stream.on("close", resolve);
+    });
+  });
+  parser.on("field", (name, value, info) => {
+    if (info.valueTruncated) fail(errors.validation([{ field: name, issue: "Field value too long" }]));
+    fields[name] = value;
+  });
+  for (const limit of ["filesLimit", "fieldsLimit", "partsLimit"] as const) {
+    parser.on(limit, () =>
+      fail(errors.validation([{ field: "file", issue: "Send one file and at most a few fields" }])),
+    );
+  }
+  const closed = new Promise<void>((resolve, reject) => {
+    parser.on("close", resolve);
+    parser.on("error", (error: Error) =>
+      reject(error instanceof AppError ? error : errors.badRequest(`Malformed multipart body: ${error.message}`)),
+    );
+  });
+  closed.catch(() => {});
+
+  try {
+    if (!body) throw errors.badRequest("Malformed multipart body: empty");
+    for await (const chunk of body) {
+      if (failure) break;
+      if (!parser.write(chunk)) {
+        await Promise.race([new Promise((resolve) => parser.once("drain", resolve)), closed]);
+      }
+    }
+    if (!failure) {
+      parser.end();
+      await closed;
+      await file?.done;
+    }
+  } catch (error) {
+    if ((error as Error).name === "AbortError") fail(errors.badRequest("Upload aborted by the client"));
+    else fail(error as Error);
+  } finally {
+    if (failure) parser.destroy();
+  }
+  if (failure) throw failure;
+  if (!file) throw errors.validation([{ field: "file", issue: "A file part named 'file' is required" }]);
+  if (file.contentType.startsWith("text/")) {
+    try {
+      utf8.decode();
+    } catch {
+      validUtf8 = false;
+    }
+  }
+  if (!(await contentMatches(file.contentType, Buffer.concat(head), validUtf8))) {
+    throw errors.unsupportedMediaType(`The content is not ${file.contentType}`);
+  }
+  return { filename: file.filename, contentType: file.contentType, size: file.size, hash: hash.digest("hex"), fields };
+}
