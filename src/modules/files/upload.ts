@@ -46,7 +46,8 @@ export async function receiveUpload(
       headers: { "content-type": contentType },
       // Raw UTF-8 filenames arrive garbled without it.
       defParamCharset: "utf8",
-      limits: { files: 1, fileSize: limits.maxBytes, fields: MAX_FIELDS, fieldSize: 1024, parts: MAX_FIELDS + 1 },
+      // One byte more than allowed, so a file of exactly the limit is not mistaken for a cut one.
+      limits: { files: 1, fileSize: limits.maxBytes + 1, fields: MAX_FIELDS, fieldSize: 1024, parts: MAX_FIELDS + 1 },
     });
   } catch {
     throw errors.badRequest("Malformed multipart body: no boundary");
@@ -56,6 +57,8 @@ export async function receiveUpload(
   const fail = (error: Error) => {
     failure ??= error;
   };
+  const malformed = (error: Error) =>
+    fail(error instanceof AppError ? error : errors.badRequest(`Malformed multipart body: ${error.message}`));
   const fields: Record<string, string> = {};
   const hash = new Bun.CryptoHasher("sha256");
   const head: Uint8Array[] = [];
@@ -66,7 +69,7 @@ export async function receiveUpload(
 
   parser.on("file", (name, stream, info) => {
     // Attached at once: a truncated body otherwise throws an uncaught error that kills the process.
-    stream.on("error", fail);
+    stream.on("error", malformed);
     if (name !== "file" || file) {
       if (name === "file") fail(errors.validation([{ field: "file", issue: "Send exactly one file" }]));
       stream.resume();
@@ -82,8 +85,12 @@ export async function receiveUpload(
     file = current;
     current.done = new Promise<void>((resolve) => {
       stream.on("data", (chunk: Buffer) => {
-        stream.pause();
         current.size += chunk.byteLength;
+        if (current.size > limits.maxBytes) {
+          fail(errors.tooLarge(limits.maxBytes));
+          return;
+        }
+        stream.pause();
         hash.update(chunk);
         if (headSize < SNIFF_BYTES) {
           head.push(chunk.subarray(0, SNIFF_BYTES - headSize));
@@ -104,7 +111,6 @@ export async function receiveUpload(
           },
         );
       });
-      stream.on("limit", () => fail(errors.tooLarge(limits.maxBytes)));
       stream.on("close", resolve);
     });
   });
@@ -119,9 +125,10 @@ export async function receiveUpload(
   }
   const closed = new Promise<void>((resolve, reject) => {
     parser.on("close", resolve);
-    parser.on("error", (error: Error) =>
-      reject(error instanceof AppError ? error : errors.badRequest(`Malformed multipart body: ${error.message}`)),
-    );
+    parser.on("error", (error: Error) => {
+      malformed(error);
+      reject(failure);
+    });
   });
   closed.catch(() => {});
 
