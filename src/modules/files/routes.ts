@@ -129,7 +129,8 @@ export function filesRoutes<P extends FilesPrincipal>(deps: {
           description:
             "Streams the bytes with Content-Type as stored, Content-Disposition: attachment (ASCII `filename` and RFC 5987 `filename*`), ETag (the SHA-256), 304 on If-None-Match, Accept-Ranges: bytes and 206 for one `Range` (several ranges get the whole file), 416 when unsatisfiable. Same access as the metadata.",
           security: OPTIONAL_BEARER,
-          "x-response-media-types": { 200: ["application/octet-stream"], 206: ["application/octet-stream"] },
+          // Whatever type the file was stored with.
+          "x-response-media-types": { 200: ["*/*"], 206: ["*/*"] },
         },
       },
     )
