@@ -62,6 +62,32 @@ function implyErrors(responses: NonNullable<Operation["responses"]>, statuses: R
   }
 }
 
+/** Elysia's coercing numbers/booleans (`anyOf: [{type:"string",format:"integer"}, {type:"integer"}]`): keep the real type. */
+function uncoerce(node: unknown): void {
+  if (Array.isArray(node)) {
+    for (const item of node) uncoerce(item);
+    return;
+  }
+  if (!node || typeof node !== "object") return;
+  const schema = node as Record<string, unknown>;
+  const branches = schema.anyOf as Record<string, unknown>[] | undefined;
+  const coerced = ["integer", "numeric", "number", "boolean"];
+  if (branches?.length === 2) {
+    const text = branches.find((b) => b.type === "string" && coerced.includes(String(b.format)));
+    const real = branches.find((b) => b !== text && b.type !== "string");
+    if (text && real) {
+      const { anyOf: _, ...outer } = schema;
+      for (const key of Object.keys(schema)) delete schema[key];
+      Object.assign(schema, real, outer);
+    }
+  }
+  // `nullable` is OpenAPI 3.0; 3.1 says it with `type: [..., "null"]`, which the schema already has.
+  if (Array.isArray(schema.type) && schema.nullable === true) delete schema.nullable;
+  // t.File() puts `default: "File"` on a binary field.
+  if (schema.format === "binary" && schema.default === "File") delete schema.default;
+  for (const value of Object.values(schema)) uncoerce(value);
+}
+
 /** Fixes what the generator gets wrong or cannot know. */
 function repair(document: Document, app: AnyElysia, options: OpenApiOptions): Document {
   const optionalBodies = new Set(
@@ -69,8 +95,28 @@ function repair(document: Document, app: AnyElysia, options: OpenApiOptions): Do
       .filter((route) => (route.hooks?.body as Record<symbol, unknown> | undefined)?.[OptionalKind] === "Optional")
       .map((route) => `${route.method.toLowerCase()} ${templated(route.path)}`),
   );
+  // A query field with a default may be left out: the server fills it in.
+  const defaulted = new Map(
+    routesOf(app).map((route) => {
+      const query = route.hooks?.query as { properties?: Record<string, { default?: unknown }> } | undefined;
+      const names = Object.entries(query?.properties ?? {}).filter(([, field]) => field.default !== undefined);
+      return [`${route.method.toLowerCase()} ${templated(route.path)}`, new Map(names.map(([n, f]) => [n, f.default]))];
+    }),
+  );
   for (const [path, operations] of Object.entries(document.paths)) {
     for (const [method, operation] of Object.entries(operations)) {
+      const parameters =
+        (
+          operation as {
+            parameters?: { name: string; in: string; required?: boolean; schema?: Record<string, unknown> }[];
+          }
+        ).parameters ?? [];
+      for (const parameter of parameters) {
+        const fallback = defaulted.get(`${method} ${path}`)?.get(parameter.name);
+        if (parameter.in !== "query" || fallback === undefined) continue;
+        parameter.required = false;
+        parameter.schema = { ...parameter.schema, default: fallback };
+      }
       operation.responses ??= {};
       const responses = operation.responses;
       // A no-content response (204) must not carry `content`.
@@ -100,6 +146,8 @@ function repair(document: Document, app: AnyElysia, options: OpenApiOptions): Do
       }
     }
   }
+  uncoerce(document.paths);
+  uncoerce(document.components);
   return document;
 }
 

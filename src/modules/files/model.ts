@@ -61,6 +61,7 @@ export function toFileInfo(row: FileRow): FileInfo {
 }
 
 // Control characters (C0, DEL, C1) and the bidirectional overrides that can make `txt.exe` look like `exe.txt`.
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
 const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
 const MAX_FILENAME_BYTES = 255;
 
