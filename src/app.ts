@@ -130,6 +130,8 @@ export function createServices(deps: AppDeps) {
   return { users, auth, files, limits };
 }
 
+export type Services = ReturnType<typeof createServices>;
+
 /** How the binary listens; tests that need a real socket listen the same way. */
 export function listenOptions(config: Pick<Config, "PORT" | "HOST">) {
   return {
@@ -143,10 +145,10 @@ export function listenOptions(config: Pick<Config, "PORT" | "HOST">) {
 }
 
 /** Builds the whole HTTP application from its dependencies; no I/O happens here. */
-export function createApp(deps: AppDeps) {
+export function createApp(deps: AppDeps, services: Services = createServices(deps)) {
   const { config, db, kv, logger } = deps;
   const health = createHealthService({ db, kv, version: VERSION, startedAt: deps.startedAt ?? Date.now() });
-  const { users, auth, files, limits } = createServices(deps);
+  const { users, auth, files, limits } = services;
   const guard = authGuard(auth.authenticate);
   const observers = [accessLog(logger)].filter((observer): observer is RequestObserver => observer !== undefined);
 

@@ -10,7 +10,6 @@ import { AppError } from "./http/errors";
 import { AdminCreateBody } from "./modules/users/model";
 import { createStore, MemoryStore } from "./platform/kv";
 import { createLogger, type Logger } from "./platform/logger";
-import { diskStorage } from "./platform/storage";
 
 const HELP = `ReViewPoint API server ${VERSION}
 
@@ -82,13 +81,14 @@ async function serveCommand(config: Config, logger: Logger) {
   const db = await openDatabase(config);
   const [applied, kv] = await Promise.all([runMigrations(db), createStore(config.REDIS_URL, logger)]);
   const inFlight = { count: 0 };
-  const storage = diskStorage(config.uploadDir);
-  // What uploads cut short by a crash left behind; an upload in flight is never this old.
-  storage
-    .sweep(ORPHAN_AGE_MS)
-    .then((removed) => removed > 0 && logger.info("removed orphaned temporary uploads", { removed }))
-    .catch((error: Error) => logger.warn("sweep of temporary uploads failed", { error: error.message }));
-  const app = createApp({ config, db, kv, logger, startedAt, inFlight, storage }).listen(listenOptions(config));
+  const deps = { config, db, kv, logger, startedAt, inFlight };
+  const services = createServices(deps);
+  // What uploads cut short by a crash left behind; an upload in flight elsewhere is never this old.
+  services.files
+    .recover(ORPHAN_AGE_MS)
+    .then((done) => (done.committed || done.removed) && logger.info("recovered temporary uploads", done))
+    .catch((error: Error) => logger.warn("recovery of temporary uploads failed", { error: error.message }));
+  const app = createApp(deps, services).listen(listenOptions(config));
   const server = app.server;
   if (!server) throw new Error("server did not start");
   logger.info("listening", {

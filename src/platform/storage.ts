@@ -1,36 +1,47 @@
 import { type FileHandle, mkdir, open, readdir, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 
-/** Bytes being written: appended chunk by chunk, then made visible under a key, or thrown away. */
+/** Bytes being written under a key chosen beforehand, invisible until committed. */
 export interface PendingObject {
   /** Resolves once the chunk is written, so a slow disk slows the upload instead of filling memory. */
   write(chunk: Uint8Array): Promise<void>;
-  /** Makes the bytes readable under `key`. */
-  commit(key: string): Promise<void>;
+  /** Finishes writing; the bytes stay a temporary object until `commit(key)`. */
+  close(): Promise<void>;
   /** Removes whatever was written; harmless after a commit or a second call. */
   discard(): Promise<void>;
 }
 
+/** A temporary object: what an upload cut short left, or one waiting for its commit. */
+export interface Temporary {
+  key: string;
+  modifiedAt: number;
+}
+
 /**
  * The one seam over stored bytes: opaque, server-chosen keys (UUIDs). Nothing else in the code
- * touches stored bytes, so another backend (S3) slots in behind the same five calls.
+ * touches stored bytes, so another backend (S3) slots in behind the same calls. Writing is two-phase:
+ * bytes go to a temporary object under their final key, and `commit` makes them readable, so a crash
+ * in between leaves a temporary that a sweep can finish or remove.
  */
 export interface ObjectStorage {
   readonly kind: "disk";
-  begin(): Promise<PendingObject>;
+  begin(key: string): Promise<PendingObject>;
+  /** Makes the temporary object of `key` readable under `key`. */
+  commit(key: string): Promise<void>;
   /** The object's bytes, or the inclusive byte range [start, end]; a Blob streams when sent as a body. */
   read(key: string, range?: { start: number; end: number }): Blob;
   stat(key: string): Promise<{ size: number } | undefined>;
+  /** Removes objects, and temporaries of the same keys. */
   delete(...keys: string[]): Promise<void>;
-  /** Removes temporary objects older than `olderThanMs` (what a crash mid-upload leaves); returns how many. */
-  sweep(olderThanMs: number): Promise<number>;
+  /** Every temporary object, for the start-up sweep. */
+  temporaries(): Promise<Temporary[]>;
 }
 
 const KEY = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /**
  * Files under `root`: `objects/ab/cd/<key>` (two levels of shards, so no folder holds millions of
- * entries) and `tmp/<random>` while an upload is in flight. A rename inside one file system makes
+ * entries) and `tmp/<key>` until committed. A rename inside one file system makes
  * the commit atomic: a reader sees the whole object or none.
  */
 export function diskStorage(root: string): ObjectStorage {
@@ -38,6 +49,10 @@ export function diskStorage(root: string): ObjectStorage {
   const objectsDir = join(root, "objects");
   // Folders are made on first use: building the storage does no I/O.
 
+  const temporaryOf = (key: string) => {
+    if (!KEY.test(key)) throw new Error("invalid storage key");
+    return join(tmpDir, key);
+  };
   const pathOf = (key: string) => {
     // Keys are ours, but a key never becomes a path unless it is one of ours.
     if (!KEY.test(key)) throw new Error("invalid storage key");
@@ -47,9 +62,9 @@ export function diskStorage(root: string): ObjectStorage {
   return {
     kind: "disk",
 
-    async begin() {
+    async begin(key) {
       await mkdir(tmpDir, { recursive: true, mode: 0o700 });
-      const temp = join(tmpDir, crypto.randomUUID());
+      const temp = temporaryOf(key);
       let handle: FileHandle | undefined = await open(temp, "wx", 0o600);
       const close = async () => {
         // A FileHandle garbage-collected while open crashes Bun: always close it explicitly.
@@ -59,20 +74,21 @@ export function diskStorage(root: string): ObjectStorage {
       };
       return {
         async write(chunk) {
-          if (!handle) throw new Error("object already finished");
+          if (!handle) throw new Error("object already closed");
           await handle.write(chunk);
         },
-        async commit(key) {
-          await close();
-          const target = pathOf(key);
-          await mkdir(join(target, ".."), { recursive: true, mode: 0o700 });
-          await rename(temp, target);
-        },
+        close,
         async discard() {
           await close().catch(() => {});
           await rm(temp, { force: true });
         },
       };
+    },
+
+    async commit(key) {
+      const target = pathOf(key);
+      await mkdir(join(target, ".."), { recursive: true, mode: 0o700 });
+      await rename(temporaryOf(key), target);
     },
 
     read(key, range) {
@@ -88,21 +104,23 @@ export function diskStorage(root: string): ObjectStorage {
 
     async delete(...keys) {
       // A key that is not one of ours names nothing stored here.
-      await Promise.all(keys.filter((key) => KEY.test(key)).map((key) => rm(pathOf(key), { force: true })));
+      const ours = keys.filter((key) => KEY.test(key));
+      await Promise.all(
+        ours.flatMap((key) => [pathOf(key), temporaryOf(key)].map((path) => rm(path, { force: true }))),
+      );
     },
 
-    async sweep(olderThanMs) {
-      const cutoff = Date.now() - olderThanMs;
-      let removed = 0;
-      for (const name of await readdir(tmpDir).catch(() => [])) {
-        const path = join(tmpDir, name);
-        const info = await stat(path).catch(() => undefined);
-        if (info && info.mtimeMs < cutoff) {
-          await rm(path, { force: true });
-          removed++;
-        }
-      }
-      return removed;
+    async temporaries() {
+      const names = await readdir(tmpDir).catch(() => [] as string[]);
+      const found = await Promise.all(
+        names
+          .filter((name) => KEY.test(name))
+          .map(async (key) => {
+            const info = await stat(temporaryOf(key)).catch(() => undefined);
+            return info ? { key, modifiedAt: info.mtimeMs } : undefined;
+          }),
+      );
+      return found.filter((entry): entry is Temporary => entry !== undefined);
     },
   };
 }

@@ -16,6 +16,11 @@ export function createFilesRepo(orm: Orm) {
       return row;
     },
 
+    async findByStorageKey(key: string): Promise<FileRow | undefined> {
+      const [row] = await orm.select().from(files).where(eq(files.storageKey, key)).limit(1);
+      return row;
+    },
+
     /**
      * Inserts the row unless it would take the owner past `quota` bytes ("over-quota"). Uploads of one
      * owner are serialised on an advisory lock for the check, so two cannot both fit the last bytes.

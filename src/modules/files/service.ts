@@ -1,4 +1,4 @@
-import type { Role } from "../../db/schema";
+import type { FileRow, Role } from "../../db/schema";
 import { hasPermission } from "../../http/auth";
 import { errors, loggableError } from "../../http/errors";
 import type { Logger } from "../../platform/logger";
@@ -72,16 +72,15 @@ export function createFilesService(deps: {
       if (request.contentLength !== undefined && request.contentLength > config.maxBytes + MULTIPART_OVERHEAD) {
         throw errors.tooLarge(config.maxBytes);
       }
-      const pending = await storage.begin();
       const key = Bun.randomUUIDv7();
-      let committed = false;
+      const pending = await storage.begin(key);
+      let row: FileRow | undefined;
       try {
         const received = await receiveUpload(request.body, request.contentType, config, pending);
         const isPublic = received.fields.is_public === undefined ? false : BOOLEAN_FIELD[received.fields.is_public];
         if (isPublic === undefined) throw errors.validation([{ field: "is_public", issue: "Must be true or false" }]);
-        await pending.commit(key);
-        committed = true;
-        const row = await repo.insert(
+        await pending.close();
+        const inserted = await repo.insert(
           {
             ownerId: owner.id,
             filename: cleanFilename(received.filename),
@@ -93,13 +92,18 @@ export function createFilesService(deps: {
           },
           config.quota,
         );
-        if (row === "over-quota") {
-          throw errors.overQuota(config.quota as number);
-        }
+        if (inserted === "over-quota") throw errors.overQuota(config.quota as number);
+        row = inserted;
+        // Row first, then the bytes become readable: a crash in between leaves a temporary that the
+        // start-up sweep commits (it has a row), never a row whose bytes are gone.
+        await storage.commit(key);
         return toFileInfo(row);
       } catch (error) {
-        await (committed ? storage.delete(key) : pending.discard()).catch((cleanup: Error) =>
-          logger.error("upload cleanup failed", { storage_key: key, error: loggableError(cleanup) }),
+        // A sweep on another instance may have committed it meanwhile: then it is stored after all.
+        if (row && (await storage.stat(key).catch(() => undefined))) return toFileInfo(row);
+        await Promise.all([row ? repo.delete(row.id) : undefined, pending.discard(), storage.delete(key)]).catch(
+          (cleanup: Error) =>
+            logger.error("upload cleanup failed", { storage_key: key, error: loggableError(cleanup) }),
         );
         throw error;
       }
@@ -122,6 +126,8 @@ export function createFilesService(deps: {
       conditions: { range: string | null; ifNoneMatch: string | null },
     ): Promise<Download> {
       const row = await visible(viewer, id);
+      // Checked first: Bun answers a missing file with its own error page, past our error mapper.
+      if (!(await storage.stat(row.storageKey))) throw new Error(`stored bytes missing for file ${row.id}`);
       const etag = `"${row.fileHash}"`;
       const headers: Record<string, string> = {
         etag,
@@ -182,8 +188,25 @@ export function createFilesService(deps: {
       return () => storage.delete(...keys);
     },
 
-    /** Removes temporary objects a crash left behind (run at start-up). */
-    sweep: (olderThanMs: number) => storage.sweep(olderThanMs),
+    /**
+     * Finishes what uploads cut short by a crash left (run at start-up): a temporary with a row is
+     * committed (the upload had succeeded), one without a row and older than `olderThanMs` (so not an
+     * upload in flight elsewhere) is removed. Returns how many of each.
+     */
+    async recover(olderThanMs: number): Promise<{ committed: number; removed: number }> {
+      const cutoff = Date.now() - olderThanMs;
+      const done = { committed: 0, removed: 0 };
+      for (const temporary of await storage.temporaries()) {
+        if (await repo.findByStorageKey(temporary.key)) {
+          await storage.commit(temporary.key);
+          done.committed++;
+        } else if (temporary.modifiedAt < cutoff) {
+          await storage.delete(temporary.key);
+          done.removed++;
+        }
+      }
+      return done;
+    },
   };
 }
 

@@ -1,4 +1,9 @@
 import { describe, expect, test } from "bun:test";
+import { utimesSync } from "node:fs";
+import { join } from "node:path";
+import { createServices } from "../../../src/app";
+import { files } from "../../../src/db/schema";
+import { diskStorage } from "../../../src/platform/storage";
 import { API, call, expectError, makeApp, promote, signUp, type TestContext } from "../../support";
 import { NOTHING, SAMPLES, sha256, stored, upload } from "./fixtures";
 
@@ -296,5 +301,39 @@ describe("who sees what", () => {
     expect(await stored(ctx)).toEqual({ objects: 1, temporaries: 0, rows: 1 });
     expect((await call(ctx.app, "DELETE", `${API}/users/${user.id}`, { token: admin.access })).status).toBe(204);
     expect(await stored(ctx)).toEqual(NOTHING);
+  });
+});
+
+describe("recovery after a crash", () => {
+  test("a temporary with a row is committed, an old one without a row removed, a fresh one kept", async () => {
+    const { ctx, user } = await withUser();
+    const services = createServices(ctx.deps);
+    const storage = diskStorage(ctx.deps.config.uploadDir);
+    // Crashed after the row was inserted, before the commit.
+    const survivor = crypto.randomUUID();
+    const written = await storage.begin(survivor);
+    await written.write(new TextEncoder().encode("saved"));
+    await written.close();
+    await ctx.deps.db.orm.insert(files).values({
+      ownerId: user.id,
+      filename: "saved.txt",
+      contentType: "text/plain",
+      fileSize: 5,
+      fileHash: sha256("saved"),
+      storageKey: survivor,
+    });
+    // Crashed mid-body, long ago; and an upload in flight right now.
+    const abandoned = crypto.randomUUID();
+    await (await storage.begin(abandoned)).close();
+    const stale = new Date(Date.now() - 2 * 3_600_000);
+    utimesSync(join(ctx.deps.config.uploadDir, "tmp", abandoned), stale, stale);
+    const inFlight = crypto.randomUUID();
+    await (await storage.begin(inFlight)).close();
+
+    expect(await services.files.recover(3_600_000)).toEqual({ committed: 1, removed: 1 });
+    expect((await storage.temporaries()).map((t) => t.key)).toEqual([inFlight]);
+    const [row] = await ctx.deps.db.orm.select().from(files);
+    const bytes = await download(ctx, row?.id as string, { token: user.access });
+    expect(bytes.text).toBe("saved");
   });
 });
