@@ -3,9 +3,16 @@
 -- pre-built request, so the script costs nothing per request (a paced probe aside).
 wrk.method = os.getenv("WRK_METHOD") or "GET"
 local body = os.getenv("WRK_BODY")
+-- A body read from a file (a fixed multipart upload), once per thread at start.
+local body_file = os.getenv("WRK_BODY_FILE")
+if body_file then
+  local file = assert(io.open(body_file, "rb"))
+  body = file:read("*a")
+  file:close()
+end
 if body then
   wrk.body = body
-  wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["Content-Type"] = os.getenv("WRK_CONTENT_TYPE") or "application/json"
 end
 local authorization = os.getenv("WRK_AUTHORIZATION")
 if authorization then

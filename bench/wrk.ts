@@ -9,8 +9,11 @@ export interface WrkLoad {
   connections: number;
   seconds: number;
   method?: "GET" | "POST";
-  /** JSON body; sent with Content-Type: application/json. */
+  /** JSON body; sent with Content-Type: application/json unless `contentType` says otherwise. */
   body?: string;
+  /** A file whose bytes are the body (a multipart upload), read once by each wrk thread. */
+  bodyFile?: string;
+  contentType?: string;
   authorization?: string;
   /** Pause before each request on a connection, in ms; unset means as fast as possible. */
   delayMs?: number;
@@ -49,6 +52,8 @@ export async function runWrk(load: WrkLoad): Promise<WrkResult> {
       PATH: process.env.PATH,
       WRK_METHOD: load.method,
       WRK_BODY: load.body,
+      WRK_BODY_FILE: load.bodyFile,
+      WRK_CONTENT_TYPE: load.contentType,
       WRK_AUTHORIZATION: load.authorization,
       WRK_DELAY_MS: load.delayMs?.toString(),
     },
