@@ -182,6 +182,8 @@ function toAppError(error: unknown, request: Request): AppError | undefined {
   if (error instanceof NotFoundError) return errors.notFound();
   if (isDatabaseUnavailable(error)) return errors.unavailable();
   const cause = databaseCause(error);
+  // A row that refers to one deleted meanwhile (a file whose owner was deleted during the upload).
+  if (cause?.code === "23503") return errors.conflict("Refers to something that no longer exists");
   if (cause?.code === "23505") {
     // Our unique indexes are named <table>_<column>[_lower]_(idx|key|unique): name the field.
     const field = cause.constraint?.match(/^[a-z]+?_(.+?)(_lower)?_(idx|key|unique)$/)?.[1];

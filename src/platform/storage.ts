@@ -40,7 +40,7 @@ export interface ObjectStorage {
 const KEY = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /**
- * Files under `root`: `objects/ab/cd/<key>` (two levels of shards, so no folder holds millions of
+ * Files under `root`: `objects/<last 2>/<2 before>/<key>` (two levels of shards, so no folder holds millions of
  * entries) and `tmp/<key>` until committed. A rename inside one file system makes
  * the commit atomic: a reader sees the whole object or none.
  */
@@ -56,7 +56,8 @@ export function diskStorage(root: string): ObjectStorage {
   const pathOf = (key: string) => {
     // Keys are ours, but a key never becomes a path unless it is one of ours.
     if (!KEY.test(key)) throw new Error("invalid storage key");
-    return join(objectsDir, key.slice(0, 2), key.slice(2, 4), key);
+    // Sharded on the key's random tail: a v7 UUID starts with a timestamp that barely moves.
+    return join(objectsDir, key.slice(-2), key.slice(-4, -2), key);
   };
 
   return {

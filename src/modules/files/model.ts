@@ -24,10 +24,13 @@ export const UploadForm = t.Object({
   is_public: t.Optional(t.BooleanString({ description: "Anyone may read and download it (default false)" })),
 });
 
-export const FilePatch = t.Object({
-  filename: t.Optional(SingleLine({ minLength: 1, maxLength: 255 })),
-  is_public: t.Optional(t.Boolean()),
-});
+export const FilePatch = t.Object(
+  {
+    filename: t.Optional(SingleLine({ minLength: 1, maxLength: 255 })),
+    is_public: t.Optional(t.Boolean()),
+  },
+  { minProperties: 1, error: "Give filename or is_public" },
+);
 export type FileChanges = typeof FilePatch.static;
 
 export const FileListQuery = t.Object({
@@ -60,9 +63,10 @@ export function toFileInfo(row: FileRow): FileInfo {
   };
 }
 
-// Control characters (C0, DEL, C1) and the bidirectional overrides that can make `txt.exe` look like `exe.txt`.
+// Control characters (C0, DEL, C1), the bidirectional overrides that can make `txt.exe` look like
+// `exe.txt`, and the zero-width characters that can make a name invisible.
 // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
-const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]/g;
 const MAX_FILENAME_BYTES = 255;
 
 /**
@@ -70,10 +74,15 @@ const MAX_FILENAME_BYTES = 255;
  * bytes of UTF-8 (never cutting a character), never empty. It never builds a path or a key.
  */
 export function cleanFilename(raw: string): string {
-  const base = raw.split(/[/\\]/).at(-1) ?? "";
-  let name = base.normalize("NFC").replace(UNSAFE, "").trim();
+  // A part header allows 16 KiB of name: cut early, so the cleaning stays linear.
+  const base =
+    raw
+      .slice(-4 * MAX_FILENAME_BYTES)
+      .split(/[/\\]/)
+      .at(-1) ?? "";
+  const name = base.normalize("NFC").replace(UNSAFE, "").trim();
   if (name === "" || name === "." || name === "..") return "file";
-  const encoder = new TextEncoder();
-  while (encoder.encode(name).byteLength > MAX_FILENAME_BYTES) name = Array.from(name).slice(0, -1).join("");
-  return name;
+  // encodeInto never splits a character: `read` is where the last whole one ends.
+  const { read } = new TextEncoder().encodeInto(name, new Uint8Array(MAX_FILENAME_BYTES));
+  return name.slice(0, read);
 }

@@ -9,12 +9,23 @@ const SORT_COLUMNS = { uploaded_at: files.uploadedAt, filename: files.filename, 
 
 const escapeLike = (text: string) => text.replace(/[\\%_]/g, (c) => `\\${c}`);
 
+/** Bytes an owner stores, on the pool or inside a transaction. */
+async function bytesOf(db: Pick<Orm, "select">, ownerId: string): Promise<number> {
+  const [used] = await db
+    .select({ bytes: sum(files.fileSize) })
+    .from(files)
+    .where(eq(files.ownerId, ownerId));
+  return Number(used?.bytes ?? 0);
+}
+
 export function createFilesRepo(orm: Orm) {
   return {
     async findById(id: string): Promise<FileRow | undefined> {
       const [row] = await orm.select().from(files).where(eq(files.id, id)).limit(1);
       return row;
     },
+
+    bytesOf: (ownerId: string) => bytesOf(orm, ownerId),
 
     async findByStorageKey(key: string): Promise<FileRow | undefined> {
       const [row] = await orm.select().from(files).where(eq(files.storageKey, key)).limit(1);
@@ -32,11 +43,7 @@ export function createFilesRepo(orm: Orm) {
       }
       return orm.transaction(async (tx) => {
         await tx.execute(sql`select pg_advisory_xact_lock(hashtext(${`files:${file.ownerId}`}))`);
-        const [used] = await tx
-          .select({ bytes: sum(files.fileSize) })
-          .from(files)
-          .where(eq(files.ownerId, file.ownerId));
-        if (Number(used?.bytes ?? 0) + file.fileSize > quota) return "over-quota";
+        if ((await bytesOf(tx, file.ownerId)) + file.fileSize > quota) return "over-quota";
         const [row] = await tx.insert(files).values(file).returning();
         return row as FileRow;
       });

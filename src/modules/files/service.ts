@@ -6,7 +6,7 @@ import type { ObjectStorage } from "../../platform/storage";
 import { contentDisposition, matchesEtag, parseRange } from "./download";
 import { cleanFilename, type FileChanges, type FileInfo, type FileListParams, toFileInfo } from "./model";
 import type { FilesRepo } from "./repo";
-import { receiveUpload } from "./upload";
+import { MULTIPART_OVERHEAD, receiveUpload } from "./upload";
 
 /** Who asks: a signed-in user, or nobody (public files only). */
 export type Viewer = { id: string; role: Role } | undefined;
@@ -26,8 +26,6 @@ export interface Download {
 }
 
 const BOOLEAN_FIELD: Record<string, boolean> = { true: true, false: false, "1": true, "0": false };
-/** Headers and boundaries around the file part; a body longer than this plus the limit cannot fit. */
-const MULTIPART_OVERHEAD = 64 * 1024;
 
 export function createFilesService(deps: {
   repo: FilesRepo;
@@ -72,6 +70,10 @@ export function createFilesService(deps: {
       if (request.contentLength !== undefined && request.contentLength > config.maxBytes + MULTIPART_OVERHEAD) {
         throw errors.tooLarge(config.maxBytes);
       }
+      // A user already at the quota is told before a byte is read.
+      if (config.quota !== undefined && (await repo.bytesOf(owner.id)) >= config.quota) {
+        throw errors.overQuota(config.quota);
+      }
       const key = Bun.randomUUIDv7();
       const pending = await storage.begin(key);
       let row: FileRow | undefined;
@@ -98,9 +100,14 @@ export function createFilesService(deps: {
         // start-up sweep commits (it has a row), never a row whose bytes are gone.
         await storage.commit(key);
         return toFileInfo(row);
-      } catch (error) {
-        // A sweep on another instance may have committed it meanwhile: then it is stored after all.
-        if (row && (await storage.stat(key).catch(() => undefined))) return toFileInfo(row);
+      } catch (caught) {
+        let error = caught;
+        if (row) {
+          // A recovery on another instance may have committed it meanwhile: then it is stored after all.
+          if (await storage.stat(key).catch(() => undefined)) return toFileInfo(row);
+          // Deleted (the file, or its owner) while it was being committed.
+          if (!(await repo.findById(row.id))) error = errors.conflict("The file was deleted while it was being stored");
+        }
         await Promise.all([row ? repo.delete(row.id) : undefined, pending.discard(), storage.delete(key)]).catch(
           (cleanup: Error) =>
             logger.error("upload cleanup failed", { storage_key: key, error: loggableError(cleanup) }),
@@ -126,8 +133,9 @@ export function createFilesService(deps: {
       conditions: { range: string | null; ifNoneMatch: string | null },
     ): Promise<Download> {
       const row = await visible(viewer, id);
-      // Checked first: Bun answers a missing file with its own error page, past our error mapper.
-      if (!(await storage.stat(row.storageKey))) throw new Error(`stored bytes missing for file ${row.id}`);
+      // Checked first: Bun answers a missing file with its own error page, past our error mapper. A row
+      // without bytes is an upload being committed (or deleted) this instant.
+      if (!(await storage.stat(row.storageKey))) throw errors.notFound("File");
       const etag = `"${row.fileHash}"`;
       const headers: Record<string, string> = {
         etag,

@@ -18,6 +18,9 @@ export interface UploadLimits {
   allowedTypes: readonly string[];
 }
 
+/** Part headers, small fields and boundaries around the file: a body longer than this plus the limit cannot fit. */
+export const MULTIPART_OVERHEAD = 64 * 1024;
+
 // file-type reads at most this much of the start of a file.
 const SNIFF_BYTES = 4100;
 const MAX_FIELDS = 8;
@@ -134,7 +137,11 @@ export async function receiveUpload(
 
   try {
     if (!body) throw errors.badRequest("Malformed multipart body: empty");
+    // Every byte counts, not only the file's: a preamble, an epilogue or a big field could go on forever.
+    let received = 0;
     for await (const chunk of body) {
+      received += chunk.byteLength;
+      if (received > limits.maxBytes + MULTIPART_OVERHEAD) fail(errors.tooLarge(limits.maxBytes));
       if (failure) break;
       if (!parser.write(chunk)) {
         await Promise.race([new Promise((resolve) => parser.once("drain", resolve)), closed]);

@@ -3,6 +3,7 @@ import { utimesSync } from "node:fs";
 import { join } from "node:path";
 import { createServices } from "../../../src/app";
 import { files } from "../../../src/db/schema";
+import { cleanFilename } from "../../../src/modules/files/model";
 import { diskStorage } from "../../../src/platform/storage";
 import { API, call, expectError, makeApp, promote, signUp, type TestContext } from "../../support";
 import { NOTHING, SAMPLES, sha256, stored, upload } from "./fixtures";
@@ -335,5 +336,61 @@ describe("recovery after a crash", () => {
     const [row] = await ctx.deps.db.orm.select().from(files);
     const bytes = await download(ctx, row?.id as string, { token: user.access });
     expect(bytes.text).toBe("saved");
+  });
+});
+
+describe("abuse", () => {
+  test("a 16,000-character file name is cut to 255 bytes; an empty PATCH is a 422", async () => {
+    const { ctx, user } = await withUser();
+    const res = await upload(ctx, SAMPLES.text, { name: `${"a".repeat(16_000)}.txt`, token: user.access });
+    expect(res.status).toBe(201);
+    expect(res.json.filename).toBe("a".repeat(255));
+    expect(cleanFilename("x\u200by\ufeffz")).toBe("xyz");
+    expectError(
+      await call(ctx.app, "PATCH", `${API}/uploads/${res.json.id}`, { token: user.access, body: {} }),
+      422,
+      "VALIDATION_ERROR",
+    );
+  });
+
+  test("bytes outside the file part count too: a long preamble, epilogue or field is a 413, not read on", async () => {
+    const { ctx, user } = await withUser({ MAX_UPLOAD_SIZE: "1024" });
+    const part =
+      '--B\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\nContent-Type: text/plain\r\n\r\nhi\r\n';
+    const filler = "x".repeat(200 * 1024);
+    let pulled = 0;
+    /** A body that would go on for 50 MiB; counts how much of it the server pulled. */
+    const endless = (head: string, tail: string) =>
+      new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(new TextEncoder().encode(head));
+        },
+        pull(controller) {
+          pulled++;
+          if (pulled > 250) {
+            controller.enqueue(new TextEncoder().encode(tail));
+            controller.close();
+          } else controller.enqueue(new TextEncoder().encode(filler));
+        },
+      });
+    for (const [head, tail, status] of [
+      ["", `\r\n${part}--B--\r\n`, 413], // preamble
+      [`${part}--B--\r\n`, "", 413], // epilogue
+      [
+        `--B\r\nContent-Disposition: form-data; name="other"; filename="o.txt"\r\nContent-Type: text/plain\r\n\r\n`,
+        `\r\n${part}--B--\r\n`,
+        413,
+      ],
+    ] as const) {
+      pulled = 0;
+      const res = await call(ctx.app, "POST", `${API}/uploads`, {
+        body: endless(head, tail),
+        token: user.access,
+        headers: { "content-type": "multipart/form-data; boundary=B" },
+      });
+      expect(res.status).toBe(status);
+      expect(pulled).toBeLessThan(10);
+    }
+    expect((await stored(ctx)).temporaries).toBe(0);
   });
 });
