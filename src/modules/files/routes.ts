@@ -28,6 +28,15 @@ export function filesRoutes<P extends FilesPrincipal>(deps: {
 }) {
   const { files, guard, limits } = deps;
   const viewerOf = (principal: P | undefined) => principal && { id: principal.user.id, role: principal.user.role };
+  /** The upload's body is streamed to the service, never parsed here. */
+  const store = (principal: P, request: Request) => {
+    const length = request.headers.get("content-length");
+    return files.upload(principal.user, {
+      body: request.body,
+      contentType: request.headers.get("content-type") ?? "",
+      contentLength: length === null ? undefined : Number(length),
+    });
+  };
   const upload = {
     auth: requireAuth,
     rateLimit: { rule: "upload" as const, key: perUser },
@@ -54,28 +63,16 @@ export function filesRoutes<P extends FilesPrincipal>(deps: {
     .post(
       "",
       async ({ principal, request, set }) => {
-        const length = request.headers.get("content-length");
-        const stored = await files.upload(principal.user, {
-          body: request.body,
-          contentType: request.headers.get("content-type") ?? "",
-          contentLength: length === null ? undefined : Number(length),
-        });
         set.status = 201;
-        return stored;
+        return store(principal, request);
       },
       upload,
     )
     .post(
       "/",
       async ({ principal, request, set }) => {
-        const length = request.headers.get("content-length");
-        const stored = await files.upload(principal.user, {
-          body: request.body,
-          contentType: request.headers.get("content-type") ?? "",
-          contentLength: length === null ? undefined : Number(length),
-        });
         set.status = 201;
-        return stored;
+        return store(principal, request);
       },
       {
         ...upload,

@@ -65,6 +65,22 @@ async function viaFetch(url: string, init: RequestInit): Promise<Outcome> {
 }
 
 /** curl as a user would run it; the body is printed, then the status on a line of its own. */
+const LIMIT = MiB;
+
+/** curl -F of a text file of 4 × the limit, with `extra` arguments. */
+function curlUpload(base: string, token: string, extra: string[]) {
+  const file = join(scratch(), "big.txt");
+  writeFileSync(file, new Uint8Array(4 * LIMIT).fill(0x61));
+  return viaCurl([
+    "-H",
+    `Authorization: Bearer ${token}`,
+    ...extra,
+    "-F",
+    `file=@${file};type=text/plain`,
+    `${base}${API}/uploads`,
+  ]);
+}
+
 async function viaCurl(args: string[]): Promise<Outcome & { exitCode: number; stderr: string }> {
   const proc = Bun.spawn([CURL as string, "-s", "-S", "-o", "-", "-w", "\n%{http_code}", ...args], {
     stdout: "pipe",
@@ -202,7 +218,6 @@ describe.skipIf(!CURL)(`files through a real socket${CURL ? "" : " (skipped: cur
   });
 
   describe("no bare 413: every oversize body gets the contract's JSON error (MAX_UPLOAD_SIZE=1 MiB)", () => {
-    const LIMIT = MiB;
     const small = { MAX_UPLOAD_SIZE: String(LIMIT) };
     /** ~2 MiB of valid JSON for register, over the 1 MiB JSON cap. */
     const bigJson = () => JSON.stringify({ username: "big", email: "big@example.com", password: "x".repeat(2 * MiB) });
@@ -289,16 +304,7 @@ describe.skipIf(!CURL)(`files through a real socket${CURL ? "" : " (skipped: cur
 
     test("(b) an authenticated upload of 4 × the limit: curl -F reads the JSON 413", async () => {
       await withServer(small, async ({ ctx, base, token }) => {
-        const file = join(scratch(), "big.txt");
-        writeFileSync(file, new Uint8Array(4 * LIMIT).fill(0x61));
-        const curl = await viaCurl([
-          "-H",
-          `Authorization: Bearer ${token}`,
-          "-F",
-          `file=@${file};type=text/plain`,
-          `${base}${API}/uploads`,
-        ]);
-        expectJson413("curl upload Content-Length", curl);
+        expectJson413("curl upload Content-Length", await curlUpload(base, token, []));
         expect(await stored(ctx)).toEqual(NOTHING);
       });
     });
@@ -319,17 +325,7 @@ describe.skipIf(!CURL)(`files through a real socket${CURL ? "" : " (skipped: cur
 
     test("(c) the 4 × upload chunked: curl -H 'Transfer-Encoding: chunked' -F reads the JSON 413", async () => {
       await withServer(small, async ({ ctx, base, token }) => {
-        const file = join(scratch(), "big.txt");
-        writeFileSync(file, new Uint8Array(4 * LIMIT).fill(0x61));
-        const curl = await viaCurl([
-          "-H",
-          `Authorization: Bearer ${token}`,
-          "-H",
-          "Transfer-Encoding: chunked",
-          "-F",
-          `file=@${file};type=text/plain`,
-          `${base}${API}/uploads`,
-        ]);
+        const curl = await curlUpload(base, token, ["-H", "Transfer-Encoding: chunked"]);
         expectJson413("curl upload chunked", curl);
         expect(await stored(ctx)).toEqual(NOTHING);
       });
