@@ -9,8 +9,20 @@ import { cpus, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import Redis from "ioredis";
 import postgres from "postgres";
+import {
+  BIG_FILE_BYTES,
+  type FilesResults,
+  filesLoads,
+  LIST_FILES,
+  LIST_SHAPE,
+  MiB,
+  SMALL_UPLOAD_SHAPE,
+  UPLOAD_LIMIT_BYTES,
+  writeTextFile,
+} from "./files";
+import { median, type Pair, pairedLoad } from "./load";
 import { killChildren, type Launch, run, type Service, startService, stop, tail, timedStarts } from "./process";
-import { runWrk, type WrkLoad, type WrkResult } from "./wrk";
+import { runWrk, type WrkResult } from "./wrk";
 
 const ROOT = resolve(import.meta.dir, "..");
 const BINARY = join(ROOT, "dist", "reviewpoint");
@@ -27,12 +39,6 @@ const CREDENTIALS = { username: USER.username, password: USER.password };
 const LOGIN_BODY = JSON.stringify(CREDENTIALS);
 
 const STARTS = 3;
-const LOAD = { threads: 2, connections: 64, seconds: 5 };
-// Throughput is measured in baseline/server pairs run back to back, and the median pair is reported:
-// this machine's speed drifts by tens of percent within a minute, and a pair shares the drift.
-const PAIRS = 3;
-// Both servers get the same warm-up, so neither is measured cold (JIT, pools, caches).
-const WARMUP_SECONDS = 2;
 const BCRYPT_COST = 12;
 const BCRYPT_SAMPLES = 10;
 // Each of the 4 probe connections sends one request per 10 ms: ~400 req/s of liveness checks.
@@ -132,19 +138,20 @@ async function bcryptCeiling() {
 
 // ---------------------------------------------------------------- launches
 
-const baselineLaunch: Launch = {
+/** The bare Bun.serve; with `file`, it also serves that file at GET /file. */
+const baselineLaunch = (file?: string): Launch => ({
   name: "baseline",
   cwd: workDir,
   readyPath: READY,
   timeoutMs: 30_000,
   command: (port) => ({
-    cmd: [process.execPath, join(import.meta.dir, "baseline.ts"), String(port)],
+    cmd: [process.execPath, join(import.meta.dir, "baseline.ts"), String(port), ...(file ? [file] : [])],
     env: { PATH: process.env.PATH, HOME: process.env.HOME },
   }),
-};
+});
 
 /** The binary with the given database: Postgres + Redis when `external`, embedded PGlite otherwise. */
-function serverLaunch(name: string, dataDir: string, external: boolean): Launch {
+function serverLaunch(name: string, dataDir: string, external: boolean, env: Record<string, string> = {}): Launch {
   return {
     name,
     cwd: workDir,
@@ -167,7 +174,9 @@ function serverLaunch(name: string, dataDir: string, external: boolean): Launch 
         RATE_LIMIT_LOGIN: "100000000/second",
         RATE_LIMIT_LOGIN_IP: "100000000/second",
         RATE_LIMIT_REGISTER: "100000000/second",
+        RATE_LIMIT_UPLOAD: "100000000/second",
         ...(external ? { REVIEWPOINT_DB_URL: BENCH_DB_URL, REDIS_URL } : {}),
+        ...env,
       },
     }),
   };
@@ -186,48 +195,6 @@ async function idleRssMb(service: Service): Promise<number> {
   const kb = status.match(/^VmRSS:\s+(\d+) kB/m)?.[1];
   if (!kb) throw new Error(`no VmRSS for pid ${service.child.pid}`);
   return Number(kb) / 1024;
-}
-
-/** A load on one server process, whose CPU time is read around the measured run. */
-type Load = Omit<WrkLoad, keyof typeof LOAD> & { pid: number };
-
-type Measured = WrkResult & {
-  /** The server process's CPU time (user + system) per request: steadier than req/s on a shared machine. */
-  cpuUsPerRequest: number;
-};
-
-/** utime + stime of a process, in µs (/proc/PID/stat fields 14 and 15, in clock ticks of 10 ms). */
-function processCpuUs(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
-  return (Number(fields[11]) + Number(fields[12])) * 10_000;
-}
-
-async function loadTest({ pid, ...load }: Load): Promise<Measured> {
-  await runWrk({ ...load, ...LOAD, seconds: WARMUP_SECONDS });
-  const before = processCpuUs(pid);
-  const result = await runWrk({ ...load, ...LOAD });
-  return { ...result, cpuUsPerRequest: (processCpuUs(pid) - before) / Math.max(1, result.requests) };
-}
-
-interface Pair {
-  server: Measured;
-  baseline: Measured;
-  ratio: number;
-  /** Every pair's ratio, for the note. */
-  ratios: number[];
-}
-
-/** PAIRS back-to-back baseline/server loads; the pair with the median ratio. */
-async function pairedLoad(server: Load, baseline: Load): Promise<Pair> {
-  const pairs: Omit<Pair, "ratios">[] = [];
-  for (let i = 0; i < PAIRS; i++) {
-    const base = await loadTest(baseline);
-    const measured = await loadTest(server);
-    pairs.push({ server: measured, baseline: base, ratio: measured.requestsPerSec / base.requestsPerSec });
-  }
-  const ratios = pairs.map((pair) => pair.ratio);
-  const middle = pairs.find((pair) => pair.ratio === median(ratios)) as Omit<Pair, "ratios">;
-  return { ...middle, ratios };
 }
 
 /** A reason the row could not be measured, printed in place of the value. */
@@ -284,6 +251,60 @@ async function authLoads(url: string, baselineUrl: string, serverPid: number, ba
     runWrk({ url: url + LIVE, threads: 1, connections: 4, seconds: 10, delayMs: PROBE_DELAY_MS }),
   ]);
   return { me, login: { storm, live } };
+}
+
+/** A bearer token of the bench user (registered by the auth loads; registered here if they could not). */
+async function signIn(url: string): Promise<string | Unavailable> {
+  let login = await postJson(`${url}/api/v1/auth/login`, CREDENTIALS);
+  if (login.status === 401) {
+    const register = await postJson(`${url}/api/v1/auth/register`, USER);
+    if (register.status !== 201) return routeReturned(register.status);
+    login = await postJson(`${url}/api/v1/auth/login`, CREDENTIALS);
+  }
+  const token = (login.body as { access_token?: unknown } | null)?.access_token;
+  return login.status === 200 && typeof token === "string" ? token : routeReturned(login.status);
+}
+
+/**
+ * The files rows, on a server of their own allowed big uploads: started fresh, so the resident set the
+ * upload row watches is not what earlier loads left, and beside a baseline that also serves the file.
+ */
+async function filesStage(): Promise<{ files: FilesResults | Unavailable; log: string }> {
+  const bigFile = join(scratch, "big.txt");
+  progress(`files: writing a ${BIG_FILE_BYTES / MiB} MiB text file`);
+  writeTextFile(bigFile, BIG_FILE_BYTES);
+  const dataDir = join(scratch, "data-files");
+  const uploadDir = join(dataDir, "uploads");
+  // A failed start ends the bench; the exit handler stops whatever is still running.
+  const baseline = await startService(baselineLaunch(bigFile));
+  const server = await startService(
+    serverLaunch("server (files)", dataDir, true, {
+      MAX_UPLOAD_SIZE: String(UPLOAD_LIMIT_BYTES),
+      UPLOAD_DIR: uploadDir,
+    }),
+  );
+  let files: FilesResults | Unavailable;
+  try {
+    const token = await signIn(server.url);
+    files =
+      typeof token === "string"
+        ? await filesLoads({
+            server,
+            baseline,
+            token,
+            bigFile,
+            scratch,
+            uploadDir,
+            dbUrl: BENCH_DB_URL,
+            username: USER.username,
+            progress,
+          })
+        : token;
+  } finally {
+    await stop(server.child);
+    await stop(baseline.child);
+  }
+  return { files, log: tail(await server.output) };
 }
 
 // ---------------------------------------------------------------- report
@@ -354,7 +375,6 @@ function row(id: string, name: string, unit: string, target: Target, measure: Me
   };
 }
 
-const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? 0;
 const ms = (value: number): string => `${value.toFixed(1)} ms`;
 
 function formatTable(rows: Row[]): string {
@@ -392,7 +412,7 @@ async function main(): Promise<void> {
   const bcrypt = await bcryptCeiling();
 
   progress("baseline: starts, idle RSS");
-  const baseline = await timedStarts(baselineLaunch, STARTS);
+  const baseline = await timedStarts(baselineLaunch(), STARTS);
   let baselineRss: number;
   let serverRss: number;
   let live: Pair;
@@ -416,6 +436,8 @@ async function main(): Promise<void> {
   }
   const serverLog = tail(await server.service.output);
 
+  const { files, log: filesLog } = await filesStage();
+
   progress("server on PGlite: first start (initdb), then timed starts");
   const pgliteLaunch = serverLaunch("server (PGlite)", join(scratch, "data-pglite"), false);
   const pgliteInit = await startService(pgliteLaunch);
@@ -435,6 +457,13 @@ async function main(): Promise<void> {
       .filter(Boolean)
       .join("; "),
   });
+  const mibs = (values: number[]) => values.map((v) => `+${v.toFixed(1)}`).join(", ");
+  const transferNote = ({ median: t, ratios }: { median: { cpuMs: number }; ratios: number[] }, cpu: string) =>
+    `median of ratios ${ratios.map((r) => r.toFixed(2)).join(", ")}; server ${t.cpuMs.toFixed(0)} CPU-ms per file${cpu}`;
+  const filesRows =
+    typeof files === "string"
+      ? { big: files, download: files, list: files, small: files, piledUp: undefined, listed: undefined }
+      : files;
   const rows = [
     row(
       "a",
@@ -508,6 +537,63 @@ async function main(): Promise<void> {
         note: `${live.requestsPerSec.toFixed(0)} req/s alongside`,
       })),
     ),
+    row(
+      "g1",
+      `${BIG_FILE_BYTES / MiB} MiB upload: peak RSS growth`,
+      "MiB",
+      { on: "value", op: "<", limit: 48 },
+      ifMeasured(filesRows.big, (big) => ({
+        value: Math.max(...big.growthMiB),
+        note: `per upload ${mibs(big.growthMiB)} MiB over ${big.rssBeforeMiB.toFixed(1)} MiB (VmRSS every 20 ms + VmHWM); ${big.rssAfterMiB.toFixed(1)} MiB after`,
+      })),
+    ),
+    row(
+      "g2",
+      `${BIG_FILE_BYTES / MiB} MiB upload (curl -F) vs cp`,
+      "MiB/s",
+      { on: "ratio", op: ">=", limit: 0.5 },
+      ifMeasured(filesRows.big, ({ transfers }) => ({
+        value: transfers.median.mibPerSec,
+        baseline: transfers.median.baselineMibPerSec,
+        note: transferNote(transfers, ""),
+      })),
+    ),
+    row(
+      "g3",
+      `${BIG_FILE_BYTES / MiB} MiB download vs bare Bun.file`,
+      "MiB/s",
+      { on: "ratio", op: ">=", limit: 0.8 },
+      ifMeasured(filesRows.download, (download) => ({
+        value: download.median.mibPerSec,
+        baseline: download.median.baselineMibPerSec,
+        note: transferNote(download, ` (baseline ${download.median.baselineCpuMs?.toFixed(0)})`),
+      })),
+    ),
+    row(
+      "g4",
+      `POST /uploads 10 KiB, ${SMALL_UPLOAD_SHAPE.connections} conns`,
+      "req/s",
+      { on: "ratio", op: ">=", limit: 0.1 },
+      ifMeasured(filesRows.small, (small) =>
+        againstBaseline(
+          small,
+          filesRows.piledUp &&
+            `vs a bare POST reading its body; ${filesRows.piledUp.rows} files piled up (${filesRows.piledUp.objects.count} objects in ${filesRows.piledUp.objects.folders} shard folders, fullest ${filesRows.piledUp.objects.fullest}; ${filesRows.piledUp.objects.temporaries} temporaries)`,
+        ),
+      ),
+    ),
+    row(
+      "g5",
+      `GET /uploads p99, ${LIST_FILES.toLocaleString("en")} files`,
+      "ms",
+      { on: "value", op: "<", limit: 25 },
+      ifMeasured(filesRows.list, (list) => ({
+        value: list.server.p99Ms,
+        baseline: list.baseline.p99Ms,
+        wrk: list.server,
+        note: `${filesRows.listed?.files} files (${filesRows.listed?.seeded} by SQL); ${list.server.requestsPerSec.toFixed(0)} req/s at ${LIST_SHAPE.connections} conns; server ${list.server.cpuUsPerRequest.toFixed(1)} CPU-µs/req (baseline /health/live ${list.baseline.cpuUsPerRequest.toFixed(1)})`,
+      })),
+    ),
   ];
 
   const durationSeconds = (performance.now() - benchStart) / 1000;
@@ -522,6 +608,7 @@ async function main(): Promise<void> {
     console.log(`\nWARNING: other processes used ${(otherCpu * 100).toFixed(0)}% of the CPU; every row is distorted.`);
   }
   if (serverLog) console.log(`\nserver output (tail):\n${serverLog}`);
+  if (filesLog) console.log(`\nfiles server output (tail):\n${filesLog}`);
 
   mkdirSync(join(import.meta.dir, "results"), { recursive: true });
   const raw = {
@@ -534,6 +621,7 @@ async function main(): Promise<void> {
     },
     rssMb: { baseline: baselineRss, postgres: serverRss },
     wrk: { live, ...auth },
+    files,
   };
   const report = { date: new Date().toISOString(), machine, durationSeconds, rows, raw };
   writeFileSync(RESULTS, `${JSON.stringify(report, null, 2)}\n`);

@@ -56,8 +56,8 @@ export function createFilesService(deps: {
 
   return {
     /**
-     * Streams the multipart body into a temporary object, then commits it under a new key and inserts
-     * the row. Any failure (a refused type or size, a malformed body, a client that hangs up, a
+     * Streams the multipart body into a temporary object under a new key, inserts the row, then commits
+     * the object. Any failure (a refused type or size, a malformed body, a client that hangs up, a
      * database error) leaves neither an object nor a row.
      */
     async upload(
@@ -97,7 +97,7 @@ export function createFilesService(deps: {
         if (inserted === "over-quota") throw errors.overQuota(config.quota as number);
         row = inserted;
         // Row first, then the bytes become readable: a crash in between leaves a temporary that the
-        // start-up sweep commits (it has a row), never a row whose bytes are gone.
+        // start-up recovery commits (it has a row), never a row whose bytes are gone.
         await storage.commit(key);
         return toFileInfo(row);
       } catch (caught) {
