@@ -3,15 +3,16 @@ import { isHttps } from "./client";
 
 /** The contract's security headers on every response (static, so Elysia merges them for free); HSTS over HTTPS. */
 export function securityHeaders(trustProxy: boolean) {
-  return new Elysia({ name: "security-headers" })
-    .headers({
-      "x-content-type-options": "nosniff",
-      "x-frame-options": "DENY",
-      "referrer-policy": "no-referrer",
-      "content-security-policy": "default-src 'self'",
-    })
-    .onRequest(({ request, set }) => {
-      if (isHttps(request, trustProxy))
-        set.headers["strict-transport-security"] = "max-age=31536000; includeSubDomains";
-    });
+  const plugin = new Elysia({ name: "security-headers" }).headers({
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "content-security-policy": "default-src 'self'",
+  });
+  // The server speaks plain HTTP, so only a trusted proxy can say a request came over HTTPS: without
+  // one there is no HSTS to decide, and no per-request hook at all.
+  if (!trustProxy) return plugin;
+  return plugin.onRequest(({ request, set }) => {
+    if (isHttps(request, trustProxy)) set.headers["strict-transport-security"] = "max-age=31536000; includeSubDomains";
+  });
 }
