@@ -68,6 +68,7 @@ export function createAccessState(deps: {
   let checking: Promise<void> | undefined;
   let evictedBefore: number | undefined;
   let warnedPolicy = false;
+  let lastFailure: string | undefined;
   /** Writes the store refused so far; a check that saw one happen meanwhile proves nothing. */
   let refusedWrites = 0;
 
@@ -168,7 +169,10 @@ export function createAccessState(deps: {
     checking = check()
       .catch((error: Error) => {
         trusted = false;
-        logger.debug("auth cache check failed", { error: error.message });
+        // Once per distinct reason (a Redis that denies INFO would otherwise be silent), then debug.
+        const log = error.message === lastFailure ? logger.debug : logger.warn;
+        lastFailure = error.message;
+        log("auth cache check failed; using the database", { error: error.message });
       })
       .finally(() => {
         checking = undefined;
