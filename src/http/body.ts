@@ -2,7 +2,7 @@ import { Elysia } from "elysia";
 import { errors } from "./errors";
 
 /** Every JSON (or form) body is capped here; files take their own streaming path and limit. */
-export const JSON_BODY_LIMIT = 1024 * 1024;
+const JSON_BODY_LIMIT = 1024 * 1024;
 
 /** Reads a text body, refusing it with 413 as soon as it passes `limit` bytes (no Content-Length is trusted). */
 async function readCapped(request: Request, limit: number): Promise<string> {
@@ -18,7 +18,7 @@ async function readCapped(request: Request, limit: number): Promise<string> {
 }
 
 /** `Application/JSON; charset=UTF-8` → `application/json`. */
-export const mediaType = (contentType: string) => contentType.split(";", 1)[0]?.trim().toLowerCase() ?? "";
+const mediaType = (contentType: string) => contentType.split(";", 1)[0]?.trim().toLowerCase() ?? "";
 
 /**
  * The one body parser. JSON everywhere; an HTML form only on `formRoutes` (the OAuth2 password flow);

@@ -21,7 +21,7 @@ const DATE_TIME = /^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d{1,9})?(Z|[+-
  * RFC 3339 date-times that both JavaScript and Postgres represent exactly: no leap second (`:60`),
  * no year 0000, no February 30th, and an offset with minutes (`+05:00`, not `+05`).
  */
-export function isDateTime(value: string): boolean {
+function isDateTime(value: string): boolean {
   const match = DATE_TIME.exec(value);
   if (!match) return false;
   const [year = 0, month = 0, day = 0, hour = 0, minute = 0, second = 0] = match.slice(1, 7).map(Number);

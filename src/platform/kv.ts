@@ -146,7 +146,7 @@ end
 return 1`;
 
 /** The circuit is open: Redis timed out or dropped the connection, and no probe has succeeded since. */
-export class StoreUnavailableError extends Error {
+class StoreUnavailableError extends Error {
   constructor() {
     super("redis unavailable (circuit open)");
   }

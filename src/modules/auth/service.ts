@@ -35,7 +35,7 @@ async function passwordFingerprint(passwordHash: string): Promise<string> {
 }
 
 /** The link the mail carries: `{token}` is replaced if present, else a `token` query parameter is added. */
-export function resetLink(base: string, token: string): string {
+function resetLink(base: string, token: string): string {
   if (base.includes("{token}")) return base.replaceAll("{token}", encodeURIComponent(token));
   const url = new URL(base);
   url.searchParams.set("token", token);
