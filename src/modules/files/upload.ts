@@ -1,3 +1,4 @@
+import { isUtf8 } from "node:buffer";
 import busboy from "busboy";
 import { fileTypeFromBuffer } from "file-type";
 import { AppError, errors } from "../../http/errors";
@@ -24,6 +25,36 @@ export const MULTIPART_OVERHEAD = 64 * 1024;
 // file-type reads at most this much of the start of a file.
 const SNIFF_BYTES = 4100;
 const MAX_FIELDS = 8;
+
+/** How many bytes at the end start a character the chunk does not finish (0 to 3). */
+function unfinishedTail(bytes: Uint8Array): number {
+  for (let back = 1; back <= Math.min(3, bytes.length); back++) {
+    const byte = bytes[bytes.length - back] as number;
+    if ((byte & 0xc0) === 0x80) continue; // a continuation byte: look further back
+    const length = byte >= 0xf0 ? 4 : byte >= 0xe0 ? 3 : byte >= 0xc0 ? 2 : 1;
+    return length > back ? back : 0;
+  }
+  return 0;
+}
+
+/**
+ * UTF-8 validation across chunks, without decoding into strings (that made garbage on every chunk of
+ * a big text upload): a character cut at a chunk's end is carried over to the next.
+ */
+function utf8Validator() {
+  let carry: Uint8Array = new Uint8Array(0);
+  let valid = true;
+  return {
+    push(chunk: Uint8Array) {
+      if (!valid) return;
+      const bytes = carry.byteLength ? Buffer.concat([carry, chunk]) : chunk;
+      const cut = bytes.byteLength - unfinishedTail(bytes);
+      valid = isUtf8(bytes.subarray(0, cut));
+      carry = bytes.slice(cut);
+    },
+    valid: () => valid && carry.byteLength === 0,
+  };
+}
 
 /** Does the content match the declared type: magic bytes for binary types, valid UTF-8 for text? */
 async function contentMatches(declared: string, head: Uint8Array, validUtf8: boolean): Promise<boolean> {
@@ -66,8 +97,7 @@ export async function receiveUpload(
   const hash = new Bun.CryptoHasher("sha256");
   const head: Uint8Array[] = [];
   let headSize = 0;
-  const utf8 = new TextDecoder("utf-8", { fatal: true });
-  let validUtf8 = true;
+  const utf8 = utf8Validator();
   let file: { filename: string; contentType: string; size: number; done: Promise<void> } | undefined;
 
   parser.on("file", (name, stream, info) => {
@@ -99,13 +129,7 @@ export async function receiveUpload(
           head.push(chunk.subarray(0, SNIFF_BYTES - headSize));
           headSize += Math.min(chunk.byteLength, SNIFF_BYTES - headSize);
         }
-        if (validUtf8 && declared.startsWith("text/")) {
-          try {
-            utf8.decode(chunk, { stream: true });
-          } catch {
-            validUtf8 = false;
-          }
-        }
+        if (declared.startsWith("text/")) utf8.push(chunk);
         pending.write(chunk).then(
           () => stream.resume(),
           (error: Error) => {
@@ -160,14 +184,7 @@ export async function receiveUpload(
   }
   if (failure) throw failure;
   if (!file) throw errors.validation([{ field: "file", issue: "A file part named 'file' is required" }]);
-  if (file.contentType.startsWith("text/")) {
-    try {
-      utf8.decode();
-    } catch {
-      validUtf8 = false;
-    }
-  }
-  if (!(await contentMatches(file.contentType, Buffer.concat(head), validUtf8))) {
+  if (!(await contentMatches(file.contentType, Buffer.concat(head), utf8.valid()))) {
     throw errors.unsupportedMediaType(`The content is not ${file.contentType}`);
   }
   return { filename: file.filename, contentType: file.contentType, size: file.size, hash: hash.digest("hex"), fields };

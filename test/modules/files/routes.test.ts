@@ -71,6 +71,18 @@ describe("upload", () => {
     }
   });
 
+  test("text is checked as UTF-8 across chunk boundaries: split characters pass, a cut or bad byte does not", async () => {
+    const { ctx, user } = await withUser({ MAX_UPLOAD_SIZE: String(8 * 1024 * 1024) });
+    const text = "✓é𝄞a".repeat(400_000); // 3-, 2- and 4-byte characters across many chunk boundaries
+    expect((await upload(ctx, text, { token: user.access })).status).toBe(201);
+    const bytes = new TextEncoder().encode(text);
+    const cut = new Uint8Array([...bytes.subarray(0, 100_000), 0xe2, 0x9c]); // ends inside a character
+    expectError(await upload(ctx, cut, { token: user.access }), 415, "UNSUPPORTED_MEDIA_TYPE");
+    const corrupt = bytes.slice();
+    corrupt[70_001] = 0xff;
+    expectError(await upload(ctx, corrupt, { token: user.access }), 415, "UNSUPPORTED_MEDIA_TYPE");
+  });
+
   test("malformed multipart → 400, no file part → 422, not multipart → 415; nothing kept", async () => {
     const { ctx, user } = await withUser();
     const raw = (body: string, contentType: string) =>
