@@ -1,4 +1,3 @@
-import type { UserRow } from "../../db/schema";
 import type { KeyValueStore } from "../../platform/kv";
 import type { Logger } from "../../platform/logger";
 import { type PublicUser, toPublicUser } from "../users/model";
@@ -222,8 +221,7 @@ export function createAccessState(deps: {
   }
 
   /** Caches a row read under `generation`/`version`, unless either has moved since. */
-  async function put(row: UserRow, generation: string, version: string | null) {
-    const user = toPublicUser(row);
+  async function put(user: PublicUser, generation: string, version: string | null) {
     const entry: CachedUser = { g: generation, v: version ?? "0", u: user };
     await kv
       .commit({
@@ -248,18 +246,19 @@ export function createAccessState(deps: {
         trusted = false;
         return fromDatabase(claims);
       }
-      const [entry, version, tokenRevoked, sessionRevoked, generation] = values as (string | null)[];
+      const [entry = null, version, tokenRevoked, sessionRevoked, generation] = values;
       // A revocation is never undone: a marker is the answer even from a store we do not trust.
       if (tokenRevoked || sessionRevoked) return { user: undefined, revoked: true };
       if (!trusted || !generation || kv.connections !== checkedConnection) {
         if (kv.connections !== checkedConnection) trusted = false;
         return fromDatabase(claims);
       }
-      const cached = cachedUser(entry ?? null, generation, version ?? "0");
+      const cached = cachedUser(entry, generation, version ?? "0");
       if (cached) return { user: cached, revoked: false };
       const row = await users.findById(claims.sub);
-      if (row) await put(row, generation, version ?? null);
-      return { user: row && toPublicUser(row), revoked: false };
+      const user = row && toPublicUser(row);
+      if (user) await put(user, generation, version ?? null);
+      return { user, revoked: false };
     },
 
     /** Every change to a user row must come through here, after the database has it. */
