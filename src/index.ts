@@ -7,9 +7,11 @@ import { type Config, ConfigError, loadConfig, readEnvironment, VERSION } from "
 import { connectPostgres, type Database, DatabaseInUseError, openPglite } from "./db/client";
 import { runMigrations } from "./db/migrate";
 import { AppError } from "./http/errors";
+import { CLOSE_GOING_AWAY } from "./modules/realtime/service";
 import { AdminCreateBody } from "./modules/users/model";
 import { createStore, MemoryStore } from "./platform/kv";
 import { createLogger, type Logger } from "./platform/logger";
+import { createPubSub } from "./platform/pubsub";
 
 const HELP = `ReViewPoint API server ${VERSION}
 
@@ -79,9 +81,13 @@ async function createAdminCommand(config: Config, logger: Logger, username?: str
 async function serveCommand(config: Config, logger: Logger) {
   const startedAt = Date.now();
   const db = await openDatabase(config);
-  const [applied, kv] = await Promise.all([runMigrations(db), createStore(config.REDIS_URL, logger)]);
+  const [applied, kv, pubsub] = await Promise.all([
+    runMigrations(db),
+    createStore(config.REDIS_URL, logger),
+    createPubSub(config.REDIS_URL, logger),
+  ]);
   const inFlight = { count: 0 };
-  const deps = { config, db, kv, logger, startedAt, inFlight };
+  const deps = { config, db, kv, pubsub, logger, startedAt, inFlight };
   const services = createServices(deps);
   // What uploads cut short by a crash left behind; an upload in flight elsewhere is never this old.
   services.files
@@ -110,10 +116,11 @@ async function serveCommand(config: Config, logger: Logger) {
     void server.stop(false);
     while (inFlight.count > 0 && Date.now() < deadline) await Bun.sleep(20);
     if (inFlight.count > 0) logger.warn("in-flight requests cut off after timeout", { in_flight: inFlight.count });
+    services.realtime.closeAll(CLOSE_GOING_AWAY, "Server shutting down");
     // Then close what is left: idle keep-alive sockets, and those whose unread body Bun holds after an
     // early answer (an oversize upload from a keep-alive client), which a graceful stop waits on forever.
     await server.stop(true);
-    await Promise.allSettled([db.close(), kv.close()]);
+    await Promise.allSettled([db.close(), kv.close(), services.realtime.stop()]);
     logger.info("stopped");
     process.exit(0);
   };

@@ -110,7 +110,7 @@ export class MemoryStore implements KeyValueStore {
 }
 
 /** Parsed with the WHATWG URL API: handing ioredis the string makes it call the deprecated url.parse(). */
-function connectionOptions(url: string) {
+export function connectionOptions(url: string) {
   const parsed = new URL(url);
   return {
     host: parsed.hostname,

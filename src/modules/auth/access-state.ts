@@ -53,8 +53,10 @@ export function createAccessState(deps: {
   accessTtlSeconds: number;
   userTtlSeconds: number;
   logger: Logger;
+  /** Told after every change that can end a user's access (open sockets are rechecked then). */
+  onChange?: (userId: string) => void;
 }) {
-  const { kv, cacheable, repo, users, accessTtlSeconds, userTtlSeconds, logger } = deps;
+  const { kv, cacheable, repo, users, accessTtlSeconds, userTtlSeconds, logger, onChange } = deps;
   let trusted = false;
   /** The store may lack a change we made: refill it, whatever the watermark says. */
   let mustRefill = false;
@@ -262,18 +264,23 @@ export function createAccessState(deps: {
     },
 
     /** Every change to a user row must come through here, after the database has it. */
-    userChanged: (userId: string) => changed({ userId }),
+    async userChanged(userId: string) {
+      await changed({ userId });
+      onChange?.(userId);
+    },
 
     async revokeToken(claims: Claims) {
       await repo.revokeToken(claims.jti, new Date(claims.exp * 1000));
       await changed({ set: [{ key: tokenKey(claims.jti), value: "1", ttlSeconds: claims.exp - Date.now() / 1000 }] });
+      onChange?.(claims.sub);
     },
 
     /** A revoked session revokes every access token it issued (their `sid`), for as long as one could live. */
-    async revokeSessions(ids: string[]) {
+    async revokeSessions(userId: string, ids: string[]) {
       if (ids.length === 0) return;
       await repo.revokeSessions(ids);
       await changed({ set: ids.map((id) => ({ key: sessionKey(id), value: "1", ttlSeconds: accessTtlSeconds })) });
+      onChange?.(userId);
     },
 
     /** Ends every login of a user except `keep`: refresh tokens stop at once, access tokens too. */
@@ -281,6 +288,7 @@ export function createAccessState(deps: {
       const ids = await repo.revokeUserSessions(userId, keep);
       if (ids.length === 0) return;
       await changed({ set: ids.map((id) => ({ key: sessionKey(id), value: "1", ttlSeconds: accessTtlSeconds })) });
+      onChange?.(userId);
     },
   };
 }

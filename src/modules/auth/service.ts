@@ -6,7 +6,7 @@ import type { PasswordHasher } from "../../platform/passwords";
 import { toPublicUser } from "../users/model";
 import type { UsersRepo } from "../users/repo";
 import type { AccessStateCache } from "./access-state";
-import type { Principal, TokenPair } from "./model";
+import type { Claims, Principal, TokenPair } from "./model";
 import type { AuthRepo, SessionRow } from "./repo";
 import type { Subject, TokenService } from "./tokens";
 
@@ -115,7 +115,7 @@ export function createAuthService(deps: AuthDeps) {
         current = (await repo.findSession(sid)) ?? session;
       }
       if (!current.revokedAt && isGraceRace(current, claims.jti)) return pairOf(subject, current);
-      await access.revokeSessions([sid]);
+      await access.revokeSessions(claims.sub, [sid]);
       logger.warn("refresh token reuse detected; session revoked", { user_id: claims.sub, session_id: sid });
       throw invalidToken("Refresh token already used; session revoked");
     },
@@ -128,7 +128,7 @@ export function createAuthService(deps: AuthDeps) {
         if (refresh?.sub === principal.user.id) sessions.add(refresh.sid as string);
       }
       await access.revokeToken(principal.claims);
-      await access.revokeSessions([...sessions]);
+      await access.revokeSessions(principal.user.id, [...sessions]);
     },
 
     /** The per-request check behind every guarded route: the token, its revocation and the current user. */
@@ -140,6 +140,12 @@ export function createAuthService(deps: AuthDeps) {
       if (revoked) throw invalidToken("Token has been revoked");
       if (!user?.is_active) throw invalidToken("User is inactive or no longer exists");
       return { user, claims: claims as Principal["claims"] };
+    },
+
+    /** For an open socket: does its token still stand for an active user and a live session (expiry aside)? */
+    async stillAllowed(claims: Claims): Promise<boolean> {
+      const { user, revoked } = await access.lookup(claims);
+      return !revoked && user?.is_active === true;
     },
 
     /** Always succeeds for the caller; a mail goes out only when an active account has this email. */

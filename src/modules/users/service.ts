@@ -17,6 +17,8 @@ import type { UsersRepo, UserUpdate } from "./repo";
 export interface AccountHooks {
   /** Called after every change to a user row, once the database has it. */
   userChanged(id: string): Promise<void>;
+  /** The user as it now is, for the user's own sockets. */
+  userUpdated?(user: PublicUser): void;
   /** Ends every login of the user except `keep`. */
   endSessions(id: string, keep?: string): Promise<void>;
   /** Before a user is deleted: notes what it stored, and returns what removes those bytes afterwards. */
@@ -79,7 +81,9 @@ export function createUsersService(deps: {
     if (!row) throw errors.notFound("User");
     await hooks.userChanged(id);
     if (changes.isActive === false) await hooks.endSessions(id);
-    return toPublicUser(row);
+    const user = toPublicUser(row);
+    hooks.userUpdated?.(user);
+    return user;
   }
 
   async function update(id: string, changes: AdminChanges): Promise<PublicUser> {

@@ -1,0 +1,96 @@
+import Redis from "ioredis";
+import { connectionOptions } from "./kv";
+import type { Logger } from "./logger";
+
+export type MessageHandler = (message: string) => void;
+
+/**
+ * Fire-and-forget messages to every instance, this one included. Delivery is at most once: pub/sub
+ * loses what is published while a subscriber reconnects, so nothing that must hold relies on it alone.
+ */
+export interface PubSub {
+  readonly backend: "redis" | "memory";
+  publish(message: string): Promise<void>;
+  /** Calls `handler` with every message published from now on, by any instance. */
+  subscribe(handler: MessageHandler): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** One process: every app built on this twin hears what any of them publishes (two "instances" in a test). */
+export function memoryPubSub(): PubSub {
+  const handlers = new Set<MessageHandler>();
+  return {
+    backend: "memory",
+    async publish(message) {
+      // Later, as Redis would: a publisher never runs subscribers inside its own call.
+      for (const handler of handlers) queueMicrotask(() => handler(message));
+    },
+    async subscribe(handler) {
+      handlers.add(handler);
+    },
+    async close() {
+      handlers.clear();
+    },
+  };
+}
+
+/**
+ * Redis pub/sub on one channel per database number (channels ignore SELECT, so two deployments or
+ * test runs on one Redis would otherwise hear each other). ioredis resubscribes after a reconnect;
+ * Bun's own client does not (PITFALLS).
+ */
+export async function redisPubSub(url: string, logger: Logger): Promise<PubSub> {
+  const options = connectionOptions(url);
+  const channel = `rp:${options.db}:events`;
+  const common = {
+    ...options,
+    lazyConnect: true,
+    connectTimeout: 2000,
+    retryStrategy: (attempt: number) => Math.min(attempt * 200, 2000),
+  };
+  // A subscribed connection can do nothing else: publishing needs its own.
+  const publisher = new Redis({ ...common, enableOfflineQueue: false, maxRetriesPerRequest: 0, commandTimeout: 1000 });
+  const subscriber = new Redis(common);
+  const handlers = new Set<MessageHandler>();
+  let warned = false;
+  for (const [name, client] of [
+    ["publisher", publisher],
+    ["subscriber", subscriber],
+  ] as const) {
+    client.on("error", (error: Error) => {
+      if (warned) return;
+      warned = true;
+      logger.warn("pub/sub connection failing; events between instances are lost meanwhile", {
+        connection: name,
+        error: error.message,
+      });
+    });
+    client.on("ready", () => {
+      warned = false;
+    });
+  }
+  subscriber.on("message", (from: string, message: string) => {
+    if (from !== channel) return;
+    for (const handler of handlers) handler(message);
+  });
+  await Promise.all([publisher.connect(), subscriber.connect()]);
+  await subscriber.subscribe(channel);
+  return {
+    backend: "redis",
+    async publish(message) {
+      await publisher.publish(channel, message);
+    },
+    async subscribe(handler) {
+      handlers.add(handler);
+    },
+    async close() {
+      handlers.clear();
+      publisher.disconnect();
+      subscriber.disconnect();
+    },
+  };
+}
+
+export function createPubSub(redisUrl: string | undefined, logger: Logger): Promise<PubSub> {
+  return redisUrl ? redisPubSub(redisUrl, logger) : Promise.resolve(memoryPubSub());
+}
