@@ -7,8 +7,8 @@ import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { type AppDeps, listenOptions } from "../../../src/app";
 import { memoryPubSub, type PubSub, redisPubSub } from "../../../src/platform/pubsub";
 import {
-  API,
   type Account,
+  API,
   call,
   eventually,
   expectError,
