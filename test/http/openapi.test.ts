@@ -175,6 +175,9 @@ describe("OpenAPI document: the server answers what it declares", () => {
     await send(200, "GET", "/health");
     await send(200, "GET", "/health/live");
     await send(200, "GET", "/health/ready");
+    await send(200, "GET", "/metrics");
+    const guarded = await makeApp({ METRICS_TOKEN: "metrics-token-1" });
+    await proxy.send(guarded.app, "GET", `${API}/metrics`, 401);
 
     // Registration, and the ways it is refused.
     const alice = { username: "alice", email: "alice@example.com", password: PASSWORD, name: "Alice" };
@@ -289,6 +292,13 @@ describe("OpenAPI document: the server answers what it declares", () => {
     await send(422, "PATCH", `/uploads/${fileId}`, { ...admin, body: { filename: "" } });
     await send(204, "DELETE", `/uploads/${fileId}`, admin);
     await send(404, "DELETE", `/uploads/${fileId}`, admin);
+
+    // Real-time: the socket's refusals (upgrades are tested over real sockets) and notifications.
+    await send(401, "GET", "/ws");
+    await send(400, "GET", `/ws?token=${admin.token}`);
+    await send(202, "POST", "/admin/notifications", { ...admin, body: { message: "Maintenance at noon" } });
+    await send(403, "POST", "/admin/notifications", { ...bearer(access), body: { message: "Hello" } });
+    await send(422, "POST", "/admin/notifications", { ...admin, body: { message: "Hi", user_ids: [] } });
 
     // Rate limited: the second registration from one client within the hour (its own 429), then any request
     // past the default per-client limit (the 429 every limited route shares, a $ref to Error).
