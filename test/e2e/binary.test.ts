@@ -192,11 +192,23 @@ describe("the compiled binary", () => {
         expect(second.stderr).toContain("in use by process");
       });
 
-      test("SIGTERM lets the running request finish, then exits 0", async () => {
+      test("SIGTERM lets the running request finish, closes sockets with 1001, then exits 0", async () => {
+        const admin: any = await (
+          await api("/auth/login", json({ username: "root", password: ADMIN_PASSWORD }))
+        ).json();
+        const socket = new WebSocket(`ws://127.0.0.1:${port}${API}/ws?token=${admin.access_token}`);
+        const established = new Promise((resolve) => {
+          socket.onmessage = (event) => resolve(JSON.parse(String(event.data)).type);
+        });
+        const closed = new Promise<number>((resolve) => {
+          socket.onclose = (event) => resolve(event.code);
+        });
+        expect(await established).toBe("connection.established");
         const login = api("/auth/login", json({ username: "root", password: ADMIN_PASSWORD }));
         await Bun.sleep(20);
         server?.kill("SIGTERM");
         expect((await login).status).toBe(200);
+        expect(await closed).toBe(1001);
         expect(await server?.exited).toBe(0);
         expect(await fetch(`${base}${API}/health/live`).catch(() => "refused")).toBe("refused");
       });
