@@ -14,9 +14,18 @@ import * as schema from "./schema";
 /** Both drivers expose the same query builder; repos are written against this one type. */
 export type Orm = PostgresJsDatabase<typeof schema>;
 
+/** Database work in flight, for the metrics: neither driver reports its pool's state. */
+export interface PoolUsage {
+  /** Connections the pool may hold (DB_POOL_MAX; PGlite has one). */
+  readonly size: number;
+  /** Queries running or queued, a transaction counting once for its whole length (it holds one connection). */
+  readonly active: number;
+}
+
 export interface Database {
   kind: "postgres" | "pglite";
   orm: Orm;
+  pool: PoolUsage;
   /** Runs `work` while holding a cluster-wide lock (a Postgres advisory lock on one connection). */
   exclusive<T>(lockKey: number, work: (orm: Orm) => Promise<T>): Promise<T>;
   close(): Promise<void>;
@@ -28,6 +37,31 @@ export interface PostgresOptions {
   connectTimeoutSeconds?: number;
 }
 
+/**
+ * Counts the work Drizzle hands a client: it calls only `query`/`unsafe` (a query) and `transaction`/`begin`
+ * (whose inner queries run on the transaction's own client, so they are not counted twice).
+ */
+function countActive<C extends object>(client: C, size: number, methods: (keyof C)[]): PoolUsage {
+  const usage = { size, active: 0 };
+  const release = () => {
+    usage.active--;
+  };
+  for (const name of methods) {
+    const original = (client[name] as (...args: unknown[]) => PromiseLike<unknown>).bind(client);
+    Object.assign(client, {
+      [name]: (...args: unknown[]) => {
+        const work = original(...args);
+        usage.active++;
+        // A postgres.js query starts on its first `then`; Drizzle awaits each at once, and `.values()`, which it
+        // calls right after `unsafe`, still applies (the query is sent a microtask later).
+        work.then(release, release);
+        return work;
+      },
+    });
+  }
+  return usage;
+}
+
 export function connectPostgres(options: PostgresOptions): Database {
   const client = postgres(options.url, {
     max: options.max,
@@ -35,9 +69,11 @@ export function connectPostgres(options: PostgresOptions): Database {
     connect_timeout: options.connectTimeoutSeconds ?? 5,
     onnotice: () => {},
   });
+  const pool = countActive(client, options.max, ["unsafe", "begin"]);
   return {
     kind: "postgres",
     orm: drizzlePostgres(client, { schema }),
+    pool,
     async exclusive(lockKey, work) {
       // A one-connection client: the advisory lock belongs to the session that took it.
       const single = postgres(options.url, { max: 1, connect_timeout: 10, onnotice: () => {} });
@@ -117,10 +153,12 @@ export async function openPglite(dataDir: string): Promise<Database> {
   });
   const onDisk = !dataDir.startsWith("memory://");
   if (onDisk) makeOwnerOnly(dataDir);
+  const pool = countActive(client, 1, ["query", "transaction"]);
   const orm = drizzlePglite(client, { schema }) as unknown as Orm;
   return {
     kind: "pglite",
     orm,
+    pool,
     // The data dir's lock file already keeps every other process out.
     exclusive: (_lockKey, work) => work(orm),
     close: async () => {
