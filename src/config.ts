@@ -65,6 +65,9 @@ const EnvSchema = T.Object({
   S3_SECRET_ACCESS_KEY: T.Optional(T.String({ minLength: 1 })),
   DB_POOL_MAX: T.Integer({ minimum: 1, maximum: 200, default: 10 }),
   SHUTDOWN_TIMEOUT_SECONDS: T.Integer({ minimum: 0, maximum: 600, default: 10 }),
+  METRICS_ENABLED: T.Boolean({ default: true }),
+  // The characters a bearer token may have (RFC 6750), so a token with a space fails here, not at every scrape.
+  METRICS_TOKEN: T.Optional(T.String({ pattern: "^[A-Za-z0-9._~+/-]+=*$" })),
 });
 type Env = Static<typeof EnvSchema>;
 
@@ -164,7 +167,7 @@ export function maskCredentials(value: string): string {
 
 function describe(error: ValueError): string {
   const name = error.path.replace(/^\//, "");
-  const secret = /SECRET|PASSWORD|KEY/.test(name);
+  const secret = /SECRET|PASSWORD|KEY|_TOKEN$/.test(name);
   const value = typeof error.value === "string" && name.endsWith("_URL") ? maskCredentials(error.value) : error.value;
   const shown = secret || value === undefined ? "" : ` (got ${JSON.stringify(value)})`;
   const choices = (error.schema.anyOf as { const?: unknown }[] | undefined)

@@ -13,9 +13,9 @@ export interface RequestRecord {
 
 export type RequestObserver = (record: RequestRecord) => void;
 
-/** One hook that times every request and hands the result to each observer (the access log; later, metrics). */
+/** One hook that times every request and hands the result to each observer (the access log, the metrics). */
 export function observability(observers: RequestObserver[]) {
-  // No observer (LOG_LEVEL above info, no metrics): no hooks at all, so requests pay nothing.
+  // No observer (LOG_LEVEL above info, METRICS_ENABLED=false): no hooks at all, so requests pay nothing.
   if (observers.length === 0) return new Elysia({ name: "observability" });
   const started = new WeakMap<Request, number>();
   return new Elysia({ name: "observability" })

@@ -1,5 +1,6 @@
 import { Elysia } from "elysia";
 import type { Config } from "../config";
+import type { Metrics } from "../platform/metrics";
 import type { RateLimiter } from "../platform/rate-limiter";
 import { type ClientServer, clientIp, pathOf } from "./client";
 import { errors } from "./errors";
@@ -30,7 +31,11 @@ export const perUser: LimitSpec["key"] = ({ userId }) => userId;
  * for the routes' own (`{ rateLimit: { rule: "register", key: perIp } }`), checked after the body is
  * validated and before the handler. Each sets X-RateLimit-*; over the limit is a 429 with Retry-After.
  */
-export function rateLimits(limiter: RateLimiter, config: Pick<Config, "rateLimits" | "TRUST_PROXY">) {
+export function rateLimits(
+  limiter: RateLimiter,
+  config: Pick<Config, "rateLimits" | "TRUST_PROXY">,
+  metrics: Pick<Metrics, "rateLimited">,
+) {
   const { enabled, ...rules } = config.rateLimits;
   const ipOf = (request: Request, server: ClientServer) => clientIp(request, server, config.TRUST_PROXY);
 
@@ -42,7 +47,10 @@ export function rateLimits(limiter: RateLimiter, config: Pick<Config, "rateLimit
       "x-ratelimit-reset": String(decision.resetSeconds),
     };
     Object.assign(set.headers, headers);
-    if (!decision.allowed) throw errors.rateLimited(decision.resetSeconds, headers);
+    if (!decision.allowed) {
+      metrics.rateLimited(rule);
+      throw errors.rateLimited(decision.resetSeconds, headers);
+    }
   }
 
   /**
