@@ -1,5 +1,5 @@
 import { Elysia } from "elysia";
-import { type Config, VERSION } from "./config";
+import { type Config, type StorageSetting, VERSION } from "./config";
 import type { Database } from "./db/client";
 import { authGuard } from "./http/auth";
 import { bodyParser } from "./http/body";
@@ -23,6 +23,8 @@ import { filesRoutes, UPLOAD_PATHS } from "./modules/files/routes";
 import { createFilesService } from "./modules/files/service";
 import { healthRoutes } from "./modules/health/routes";
 import { createHealthService } from "./modules/health/service";
+import { realtimeRoutes, WEBSOCKET_OPTIONS } from "./modules/realtime/routes";
+import { createRealtime } from "./modules/realtime/service";
 import { createUsersRepo } from "./modules/users/repo";
 import { usersRoutes } from "./modules/users/routes";
 import { createUsersService } from "./modules/users/service";
@@ -31,7 +33,9 @@ import type { Logger } from "./platform/logger";
 import { createMailer, type Mailer } from "./platform/mail";
 import { createMetrics, type Metrics, noMetrics } from "./platform/metrics";
 import { createPasswordHasher } from "./platform/passwords";
+import { memoryPubSub, type PubSub } from "./platform/pubsub";
 import { createRateLimiter } from "./platform/rate-limiter";
+import { s3Storage } from "./platform/s3-storage";
 import { diskStorage, type ObjectStorage } from "./platform/storage";
 
 export interface AppDeps {
@@ -43,10 +47,12 @@ export interface AppDeps {
   inFlight?: InFlight;
   /** Defaults to SMTP_URL's server, or the log outside production. */
   mailer?: Mailer;
-  /** Defaults to files under UPLOAD_DIR. */
+  /** Defaults to STORAGE_URL's bucket, or files under UPLOAD_DIR. */
   storage?: ObjectStorage;
   /** Defaults to Prometheus metrics, or none with METRICS_ENABLED=false. */
   metrics?: Metrics;
+  /** Events between instances; defaults to this process only. */
+  pubsub?: PubSub;
   startedAt?: number;
 }
 
@@ -66,6 +72,7 @@ const DOCUMENTATION = {
     { name: "auth", description: "Registration, login and tokens" },
     { name: "users", description: "Profiles and administration" },
     { name: "files", description: "Uploads and downloads" },
+    { name: "realtime", description: "The event socket and system notifications" },
     { name: "health", description: "Liveness, readiness and status" },
   ],
   components: {
@@ -79,11 +86,26 @@ const DOCUMENTATION = {
   },
 };
 
+/** The storage STORAGE_URL names: its S3 bucket, or the disk. */
+export function openStorage(setting: StorageSetting): ObjectStorage {
+  return setting.kind === "s3" ? s3Storage(setting) : diskStorage(setting.dir);
+}
+
 /** The application's services, wired once; the CLI uses them without HTTP. */
 export function createServices(deps: AppDeps) {
   const { config, db, kv, logger } = deps;
   const passwords = createPasswordHasher(config.BCRYPT_ROUNDS);
   const tokens = createTokenService(config);
+  const metrics =
+    deps.metrics ??
+    (config.METRICS_ENABLED ? createMetrics({ version: VERSION, pool: db.pool, cache: kv }) : noMetrics);
+  const realtime = createRealtime({
+    pubsub: deps.pubsub ?? memoryPubSub(),
+    logger,
+    metrics,
+    // Bound late: the auth service is built below, on the access state that announces to realtime.
+    stillAllowed: (claims) => auth.stillAllowed(claims),
+  });
   const usersRepo = createUsersRepo(db.orm);
   const authRepo = createAuthRepo(db.orm);
   const access = createAccessState({
@@ -95,14 +117,12 @@ export function createServices(deps: AppDeps) {
     accessTtlSeconds: tokens.lifetimes.access,
     userTtlSeconds: config.CACHE_TTL,
     logger,
+    onChange: realtime.accessChanged,
   });
-  const metrics =
-    deps.metrics ??
-    (config.METRICS_ENABLED ? createMetrics({ version: VERSION, pool: db.pool, cache: kv }) : noMetrics);
   const limits = rateLimits(createRateLimiter(kv, logger), config, metrics);
   const files = createFilesService({
     repo: createFilesRepo(db.orm),
-    storage: deps.storage ?? diskStorage(config.uploadDir),
+    storage: deps.storage ?? openStorage(config.storage),
     config: {
       maxBytes: config.MAX_UPLOAD_SIZE,
       allowedTypes: config.allowedFileTypes,
@@ -110,6 +130,7 @@ export function createServices(deps: AppDeps) {
     },
     logger,
     metrics,
+    notify: realtime.notify,
   });
   const users = createUsersService({
     repo: usersRepo,
@@ -117,6 +138,7 @@ export function createServices(deps: AppDeps) {
     hooks: {
       userChanged: access.userChanged,
       endSessions: access.revokeUserSessions,
+      userUpdated: (user) => realtime.notify(user.id, "user.updated", user),
       bytesRemover: files.bytesRemover,
     },
     passwordAttempts: limits.attempts("passwordChange"),
@@ -135,7 +157,7 @@ export function createServices(deps: AppDeps) {
     mailer,
     logger,
   });
-  return { users, auth, files, limits, metrics };
+  return { users, auth, files, limits, realtime, metrics };
 }
 
 export type Services = ReturnType<typeof createServices>;
@@ -156,13 +178,17 @@ export function listenOptions(config: Pick<Config, "PORT" | "HOST">) {
 export function createApp(deps: AppDeps, services: Services = createServices(deps)) {
   const { config, db, kv, logger } = deps;
   const health = createHealthService({ db, kv, version: VERSION, startedAt: deps.startedAt ?? Date.now() });
-  const { users, auth, files, limits, metrics } = services;
+  const { users, auth, files, limits, realtime, metrics } = services;
   const guard = authGuard(auth.authenticate);
   const observers = [accessLog(logger), metrics.observer].filter(
     (observer): observer is RequestObserver => observer !== undefined,
   );
 
-  const app = new Elysia()
+  const app = new Elysia({ websocket: WEBSOCKET_OPTIONS })
+    // On the root app: a plugin's start hook inside a group is never called. Delivery needs the server.
+    .onStart(({ server }) => {
+      if (server) void realtime.start(server);
+    })
     .use(errorMapper(logger))
     .use(requestId())
     .use(securityHeaders(config.TRUST_PROXY))
@@ -180,7 +206,8 @@ export function createApp(deps: AppDeps, services: Services = createServices(dep
         .use(config.METRICS_ENABLED ? metricsRoute(metrics, config.METRICS_TOKEN) : new Elysia())
         .use(authRoutes({ auth, users, guard, limits: limits.perRoute }))
         .use(usersRoutes({ users, guard }))
-        .use(filesRoutes({ files, guard, limits: limits.perRoute })),
+        .use(filesRoutes({ files, guard, limits: limits.perRoute }))
+        .use(realtimeRoutes({ realtime, authenticate: auth.authenticate, guard })),
     );
   return app.use(openapiRoute(app, DOCUMENTATION, { formBodies: FORM_ROUTES, apiPrefix: API_PREFIX }));
 }

@@ -4,6 +4,7 @@ import { errors, loggableError } from "../../http/errors";
 import type { Logger } from "../../platform/logger";
 import type { Metrics } from "../../platform/metrics";
 import type { ObjectStorage } from "../../platform/storage";
+import type { Notify } from "../realtime/model";
 import { contentDisposition, matchesEtag, parseRange } from "./download";
 import { cleanFilename, type FileChanges, type FileInfo, type FileListParams, toFileInfo } from "./model";
 import type { FilesRepo } from "./repo";
@@ -23,7 +24,7 @@ export interface FilesConfig {
 export interface Download {
   status: 200 | 206 | 304;
   headers: Record<string, string>;
-  body: Blob | null;
+  body: ReturnType<ObjectStorage["read"]> | null;
 }
 
 const BOOLEAN_FIELD: Record<string, boolean> = { true: true, false: false, "1": true, "0": false };
@@ -34,8 +35,10 @@ export function createFilesService(deps: {
   config: FilesConfig;
   logger: Logger;
   metrics: Pick<Metrics, "uploadStored">;
+  /** Tells the owner's sockets; defaults to telling no one. */
+  notify?: Notify;
 }) {
-  const { repo, storage, config, logger, metrics } = deps;
+  const { repo, storage, config, logger, metrics, notify = () => {} } = deps;
 
   const isAdmin = (viewer: Viewer) => viewer !== undefined && hasPermission(viewer.role, "files:read");
 
@@ -102,7 +105,9 @@ export function createFilesService(deps: {
         // start-up recovery commits (it has a row), never a row whose bytes are gone.
         await storage.commit(key);
         metrics.uploadStored(received.size);
-        return toFileInfo(row);
+        const stored = toFileInfo(row);
+        notify(owner.id, "file.uploaded", stored);
+        return stored;
       } catch (caught) {
         let error = caught;
         if (row) {
@@ -188,6 +193,7 @@ export function createFilesService(deps: {
       const row = await repo.delete(id);
       if (!row) throw errors.notFound("File");
       await storage.delete(row.storageKey);
+      notify(row.ownerId, "file.deleted", { id: row.id });
     },
 
     /**
