@@ -35,10 +35,12 @@ export interface MetricsSources {
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 /**
- * The process metrics of prom-client's default set that are cheap and true under Bun. Left out:
- * heap spaces (a scrape takes milliseconds, and Bun reports zero for most spaces), event-loop lag
- * (Bun's monitorEventLoopDelay records nothing), active handles/requests/resources (always 0 on
- * Bun), GC (no GC performance entries) and the Node version (Bun's claimed one).
+ * The process metrics of prom-client's default set that are cheap and true under Bun (CPU, start time,
+ * resident and virtual memory, file descriptors). Left out: heap spaces (a scrape takes milliseconds, and
+ * Bun reports zero for most spaces), heap size and used (Bun's "used" exceeds its "total" and counts
+ * WebAssembly memory, PGlite's gigabyte among it), event-loop lag (Bun's monitorEventLoopDelay records
+ * nothing), active handles/requests/resources (always 0 on Bun), GC (no GC performance entries) and the
+ * Node version (Bun's claimed one).
  */
 const PROCESS_COLLECTORS = [
   require("prom-client/lib/metrics/processCpuTotal"),
@@ -46,7 +48,6 @@ const PROCESS_COLLECTORS = [
   require("prom-client/lib/metrics/osMemoryHeap"),
   require("prom-client/lib/metrics/processOpenFileDescriptors"),
   require("prom-client/lib/metrics/processMaxFileDescriptors"),
-  require("prom-client/lib/metrics/heapSizeAndUsed"),
 ] as ((registry: Registry, config: object) => void)[];
 
 const nothing = () => {};
