@@ -11,10 +11,21 @@ import { runMigrations } from "../src/db/migrate";
 import { users } from "../src/db/schema";
 import { type KeyValueStore, MemoryStore, RedisStore } from "../src/platform/kv";
 import { createLogger, type Logger } from "../src/platform/logger";
+import { startTestBucket, type TestBucket } from "./s3";
 
 /** The run's database: real Postgres when TEST_DATABASE_URL is set, in-memory PGlite otherwise. */
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL;
 export const TEST_REDIS_URL = process.env.TEST_REDIS_URL;
+/** TEST_STORAGE=s3: apps from makeApp store in a bucket of an s3rver this run starts; on disk otherwise. */
+export const TEST_STORAGE = process.env.TEST_STORAGE === "s3" ? "s3" : "disk";
+
+let bucket: Promise<TestBucket> | undefined;
+
+/** The run's s3rver, started on first use, gone with the process. */
+export function testBucket(): Promise<TestBucket> {
+  bucket ??= startTestBucket();
+  return bucket;
+}
 
 /** A new, empty Postgres database beside TEST_DATABASE_URL's, for tests that need one to themselves. */
 export async function scratchPostgres(label: string): Promise<{ url: string; drop: () => Promise<void> }> {
@@ -100,8 +111,10 @@ export async function makeApp(
   deps: Partial<AppDeps> = {},
 ): Promise<TestContext> {
   const logger = memoryLogger();
+  // Each app its own prefix, as each its own upload folder.
+  const storage = TEST_STORAGE === "s3" ? (await testBucket()).env(`app-${crypto.randomUUID()}`) : {};
   const full: AppDeps = {
-    config: testConfig(overrides),
+    config: testConfig({ ...storage, ...overrides }),
     db: await testDatabase(),
     kv: await testStore(),
     logger,
@@ -291,4 +304,20 @@ export async function eventually(check: () => Promise<boolean> | boolean, ms = 5
     await Bun.sleep(50);
   }
   return check();
+}
+
+/** The repository's compiled binary, built once per test run (the e2e files share it). */
+export const BINARY = join(import.meta.dir, "..", "dist", "reviewpoint");
+let built: Promise<void> | undefined;
+
+export function buildBinary(): Promise<void> {
+  built ??= (async () => {
+    const build = Bun.spawn(["bun", "run", "build"], {
+      cwd: join(import.meta.dir, ".."),
+      stdout: "ignore",
+      stderr: "pipe",
+    });
+    if ((await build.exited) !== 0) throw new Error(await new Response(build.stderr).text());
+  })();
+  return built;
 }

@@ -1,12 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
-import { API, scratchPostgres, TEST_DATABASE_URL, TEST_REDIS_URL } from "../support";
+import { API, BINARY, buildBinary, scratchPostgres, TEST_DATABASE_URL, TEST_REDIS_URL } from "../support";
 
-const ROOT = resolve(import.meta.dir, "../..");
-const BINARY = join(ROOT, "dist", "reviewpoint");
 const ADMIN_PASSWORD = "adminpass1";
 
 /** Runs the binary from an empty directory, with nothing but the given environment. */
@@ -29,10 +27,7 @@ async function finished(proc: ReturnType<typeof run>) {
   return { code, stdout, stderr };
 }
 
-beforeAll(async () => {
-  const build = Bun.spawn(["bun", "run", "build"], { cwd: ROOT, stdout: "ignore", stderr: "pipe" });
-  if ((await build.exited) !== 0) throw new Error(await new Response(build.stderr).text());
-}, 120_000);
+beforeAll(buildBinary, 120_000);
 
 describe("the compiled binary", () => {
   test("--version, --help, and a bad setting → one line, exit 2", async () => {
