@@ -337,6 +337,32 @@ async function filesStage(): Promise<{ files: FilesResults | Unavailable; log: s
   return { files, log: tail(await server.output) };
 }
 
+/**
+ * The metrics hook's cost: /health/live on two servers alike but for METRICS_ENABLED. With it off (and
+ * LOG_LEVEL=warn, so no access log) the observability hook is not installed at all.
+ */
+async function metricsStage(): Promise<{ pair: Pair; scrape: { ms: number; kib: number } | Unavailable }> {
+  const off = await startService(
+    serverLaunch("server (metrics off)", join(scratch, "data-metrics-off"), true, { METRICS_ENABLED: "false" }),
+  );
+  const on = await startService(serverLaunch("server (metrics on)", join(scratch, "data-metrics-on"), true));
+  try {
+    progress("load: GET /health/live, metrics on vs off");
+    const pair = await pairedLoad(
+      { url: on.url + LIVE, pid: on.child.pid },
+      { url: off.url + LIVE, pid: off.child.pid },
+    );
+    const startedAt = performance.now();
+    const response = await fetch(`${on.url}/api/v1/metrics`, { signal: AbortSignal.timeout(5000) });
+    const body = await response.text();
+    const ms = performance.now() - startedAt;
+    return { pair, scrape: response.ok ? { ms, kib: body.length / 1024 } : routeReturned(response.status) };
+  } finally {
+    await stop(on.child);
+    await stop(off.child);
+  }
+}
+
 // ---------------------------------------------------------------- report
 
 interface Target {
@@ -467,6 +493,7 @@ async function main(): Promise<void> {
   const serverLog = tail(await server.service.output);
 
   const { files, log: filesLog } = await filesStage();
+  const metrics = await metricsStage();
 
   progress("server on PGlite: first start (initdb), then timed starts");
   const pgliteLaunch = serverLaunch("server (PGlite)", join(scratch, "data-pglite"), false);
@@ -624,6 +651,16 @@ async function main(): Promise<void> {
         note: `${filesRows.listed?.files} files (${filesRows.listed?.seeded} by SQL); ${list.server.requestsPerSec.toFixed(0)} req/s at ${LIST_SHAPE.connections} conns; server ${list.server.cpuUsPerRequest.toFixed(1)} CPU-µs/req (baseline /health/live ${list.baseline.cpuUsPerRequest.toFixed(1)})`,
       })),
     ),
+    row(
+      "m",
+      "GET /health/live, metrics on vs off",
+      "req/s",
+      { on: "ratio", op: ">=", limit: 0.95 },
+      againstBaseline(
+        metrics.pair,
+        `baseline: METRICS_ENABLED=false; a scrape after it ${typeof metrics.scrape === "string" ? metrics.scrape : `${metrics.scrape.ms.toFixed(1)} ms, ${metrics.scrape.kib.toFixed(1)} KiB`}`,
+      ),
+    ),
   ];
 
   const durationSeconds = (performance.now() - benchStart) / 1000;
@@ -656,6 +693,7 @@ async function main(): Promise<void> {
     rssMb: { baseline: baselineRss, postgres: serverRss },
     wrk: { live, ...auth },
     files,
+    metrics,
   };
   const report = { date: new Date().toISOString(), machine, durationSeconds, rows, raw };
   writeFileSync(RESULTS, `${JSON.stringify(report, null, 2)}\n`);
