@@ -84,7 +84,7 @@ async function serveCommand(config: Config, logger: Logger) {
   const [applied, kv, pubsub] = await Promise.all([
     runMigrations(db),
     createStore(config.REDIS_URL, logger),
-    createPubSub(config.REDIS_URL, logger),
+    createPubSub({ redis: config.REDIS_URL, postgres: config.databaseUrl }, logger),
   ]);
   const inFlight = { count: 0 };
   const deps = { config, db, kv, pubsub, logger, startedAt, inFlight };

@@ -1,4 +1,5 @@
 import Redis from "ioredis";
+import postgres from "postgres";
 import { connectionOptions } from "./kv";
 import type { Logger } from "./logger";
 
@@ -9,7 +10,7 @@ export type MessageHandler = (message: string) => void;
  * loses what is published while a subscriber reconnects, so nothing that must hold relies on it alone.
  */
 export interface PubSub {
-  readonly backend: "redis" | "memory";
+  readonly backend: "redis" | "postgres" | "memory";
   publish(message: string): Promise<void>;
   /** Calls `handler` with every message published from now on, by any instance. */
   subscribe(handler: MessageHandler): Promise<void>;
@@ -91,6 +92,38 @@ export async function redisPubSub(url: string, logger: Logger): Promise<PubSub> 
   };
 }
 
-export function createPubSub(redisUrl: string | undefined, logger: Logger): Promise<PubSub> {
-  return redisUrl ? redisPubSub(redisUrl, logger) : Promise.resolve(memoryPubSub());
+/**
+ * Postgres LISTEN/NOTIFY, for instances that share a Postgres but no Redis. postgres.js listens on a
+ * connection of its own and listens again after a reconnect. A payload is limited to 8000 bytes.
+ */
+export async function postgresPubSub(url: string): Promise<PubSub> {
+  const channel = "reviewpoint_events";
+  const client = postgres(url, { max: 1, connect_timeout: 5, onnotice: () => {} });
+  const handlers = new Set<MessageHandler>();
+  await client.listen(channel, (message) => {
+    for (const handler of handlers) handler(message);
+  });
+  return {
+    backend: "postgres",
+    async publish(message) {
+      await client.notify(channel, message);
+    },
+    async subscribe(handler) {
+      handlers.add(handler);
+    },
+    async close() {
+      handlers.clear();
+      await client.end({ timeout: 1 });
+    },
+  };
+}
+
+/** Redis when there is one; else the shared Postgres; else (the embedded database: one process) in-process. */
+export function createPubSub(
+  urls: { redis: string | undefined; postgres: string | undefined },
+  logger: Logger,
+): Promise<PubSub> {
+  if (urls.redis) return redisPubSub(urls.redis, logger);
+  if (urls.postgres) return postgresPubSub(urls.postgres);
+  return Promise.resolve(memoryPubSub());
 }

@@ -5,7 +5,8 @@
  */
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { type AppDeps, listenOptions } from "../../../src/app";
-import { memoryPubSub, type PubSub, redisPubSub } from "../../../src/platform/pubsub";
+import { MemoryStore } from "../../../src/platform/kv";
+import { memoryPubSub, type PubSub, postgresPubSub, redisPubSub } from "../../../src/platform/pubsub";
 import {
   type Account,
   API,
@@ -17,6 +18,7 @@ import {
   memoryLogger,
   promote,
   signUp,
+  TEST_DATABASE_URL,
   TEST_REDIS_URL,
   type TestContext,
   testStore,
@@ -330,5 +332,23 @@ describe("two instances on one bus", () => {
     expect(await eventually(() => current.socket.readyState === WebSocket.OPEN, 300)).toBe(true);
     await current.sync();
     current.close();
+  });
+});
+
+describe.skipIf(!TEST_DATABASE_URL)("two instances on one Postgres, no Redis (LISTEN/NOTIFY)", () => {
+  test("an upload on A reaches B's socket, and a logout on A closes it", async () => {
+    const [busA, busB] = [
+      await postgresPubSub(TEST_DATABASE_URL as string),
+      await postgresPubSub(TEST_DATABASE_URL as string),
+    ];
+    buses.push(busA, busB);
+    const a = await instance(busA, { kv: new MemoryStore() });
+    const b = await instance(busB, { config: a.ctx.deps.config, kv: new MemoryStore() });
+    const owner = await signUp(a.ctx.app);
+    const client = await Client.open(socketUrl(b, owner));
+    const uploaded = await upload(a.ctx, SAMPLES.text, { token: owner.access });
+    expect((await client.next("file.uploaded")).data.id).toBe(uploaded.json.id);
+    expect((await call(a.ctx.app, "POST", `${API}/auth/logout`, { token: owner.access })).status).toBe(204);
+    expect((await client.closed).code).toBe(4401);
   });
 });
