@@ -62,8 +62,21 @@ export const files = pgTable(
     isPublic: boolean("is_public").notNull().default(false),
     uploadedAt: timestamptz("uploaded_at").notNull().defaultNow(),
   },
-  (table) => [index("files_owner_uploaded_idx").on(table.ownerId, table.uploadedAt)],
+  // The list's default order, ties broken by id: a page is read straight off the index.
+  (table) => [index("files_owner_uploaded_id_idx").on(table.ownerId, table.uploadedAt, table.id)],
 );
+
+/**
+ * How many files each owner has and their bytes, kept exact by triggers on `files` (migration 0004):
+ * the list's `total` and the quota read one row instead of counting the owner's files.
+ */
+export const fileStats = pgTable("file_stats", {
+  ownerId: uuid("owner_id")
+    .primaryKey()
+    .references(() => users.id, { onDelete: "cascade" }),
+  fileCount: bigint("file_count", { mode: "number" }).notNull().default(0),
+  bytes: bigint("bytes", { mode: "number" }).notNull().default(0),
+});
 
 /** One row per login; the refresh token in circulation is the one whose jti matches. */
 export const authSessions = pgTable(

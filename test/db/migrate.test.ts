@@ -45,6 +45,7 @@ describe("migrations", () => {
       expect(await runMigrations(db)).toBe(migrationCount);
       expect(await tableNames(db)).toEqual([
         "auth_sessions",
+        "file_stats",
         "files",
         "revoked_tokens",
         "used_password_reset_tokens",

@@ -1,6 +1,6 @@
 import { and, asc, count, desc, eq, ilike, sql, sum } from "drizzle-orm";
 import type { Orm } from "../../db/client";
-import { type FileRow, files } from "../../db/schema";
+import { type FileRow, fileStats, files } from "../../db/schema";
 import type { FileListParams } from "./model";
 
 export type NewFile = typeof files.$inferInsert;
@@ -9,16 +9,56 @@ const SORT_COLUMNS = { uploaded_at: files.uploadedAt, filename: files.filename, 
 
 const escapeLike = (text: string) => text.replace(/[\\%_]/g, (c) => `\\${c}`);
 
-/** Bytes an owner stores, on the pool or inside a transaction. */
+/** Bytes an owner stores (kept by triggers), on the pool or inside a transaction. */
 async function bytesOf(db: Pick<Orm, "select">, ownerId: string): Promise<number> {
-  const [used] = await db
-    .select({ bytes: sum(files.fileSize) })
-    .from(files)
-    .where(eq(files.ownerId, ownerId));
-  return Number(used?.bytes ?? 0);
+  const [stats] = await db.select({ bytes: fileStats.bytes }).from(fileStats).where(eq(fileStats.ownerId, ownerId));
+  return stats?.bytes ?? 0;
 }
 
 export function createFilesRepo(orm: Orm) {
+  /**
+   * One owner's page with its total in a single round trip, the common list (no filter): a statement
+   * prepared once per order, so nothing is rebuilt per request.
+   */
+  const ownPages = new Map<string, ReturnType<typeof preparePage>>();
+  const preparePage = (sort: FileListParams["sort"], order: FileListParams["order"]) => {
+    const direction = order === "asc" ? asc : desc;
+    const owner = sql.placeholder("owner");
+    return (
+      orm
+        // The owner's count as the triggers keep it: what a count(*) would say, for one row's read.
+        .select({
+          file: files,
+          total:
+            sql<number>`(select ${fileStats.fileCount} from ${fileStats} where ${fileStats.ownerId} = ${owner})`.mapWith(
+              Number,
+            ),
+        })
+        .from(files)
+        .where(eq(files.ownerId, owner))
+        .orderBy(direction(SORT_COLUMNS[sort]), direction(files.id))
+        .offset(sql.placeholder("offset"))
+        .limit(sql.placeholder("limit"))
+        .prepare(`files_page_${sort}_${order}`)
+    );
+  };
+  async function ownPage(owner: string, params: FileListParams) {
+    const key = `${params.sort} ${params.order}`;
+    let page = ownPages.get(key);
+    if (!page) {
+      page = preparePage(params.sort, params.order);
+      ownPages.set(key, page);
+    }
+    const rows = await page.execute({ owner, offset: params.offset, limit: params.limit });
+    if (rows[0]) return { rows: rows.map((row) => row.file), total: rows[0].total };
+    // A page past the end has no row to carry the total.
+    const [stats] = await orm
+      .select({ total: fileStats.fileCount })
+      .from(fileStats)
+      .where(eq(fileStats.ownerId, owner));
+    return { rows: [], total: stats?.total ?? 0 };
+  }
+
   return {
     async findById(id: string): Promise<FileRow | undefined> {
       const [row] = await orm.select().from(files).where(eq(files.id, id)).limit(1);
@@ -49,8 +89,10 @@ export function createFilesRepo(orm: Orm) {
       });
     },
 
-    /** `owners`: undefined for every owner (an admin's `all=true`), else these. */
+    /** `owner`: undefined for every owner (an admin's `all=true`), else this one. */
     async list(params: FileListParams, owner: string | undefined): Promise<{ rows: FileRow[]; total: number }> {
+      const filtered = params.q !== undefined || params.content_type !== undefined;
+      if (owner && !filtered) return ownPage(owner, params);
       const condition = and(
         owner ? eq(files.ownerId, owner) : undefined,
         params.q ? ilike(files.filename, `%${escapeLike(params.q)}%`) : undefined,
@@ -65,7 +107,9 @@ export function createFilesRepo(orm: Orm) {
           .orderBy(direction(SORT_COLUMNS[params.sort]), direction(files.id))
           .offset(params.offset)
           .limit(params.limit),
-        orm.select({ total: count() }).from(files).where(condition),
+        filtered
+          ? orm.select({ total: count() }).from(files).where(condition)
+          : orm.select({ total: sum(fileStats.fileCount).mapWith(Number) }).from(fileStats),
       ]);
       return { rows, total: totals?.total ?? 0 };
     },

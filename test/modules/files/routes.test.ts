@@ -301,6 +301,30 @@ describe("who sees what", () => {
     expect((await list("?all=true", admin.access)).json.total).toBe(4);
   });
 
+  test("the total and the quota follow deletions, of a file and of a user; a page past the end keeps the total", async () => {
+    const { ctx, user } = await withUser({ USER_STORAGE_QUOTA: "10" });
+    const other = await signUp(ctx.app);
+    const admin = await signUp(ctx.app);
+    await promote(ctx.deps.db, admin.id);
+    const list = (query: string, token = user.access) => call(ctx.app, "GET", `${API}/uploads${query}`, { token });
+    const ids: string[] = [];
+    for (const text of ["aaa", "bbb", "ccc"]) ids.push((await upload(ctx, text, { token: user.access })).json.id);
+    await upload(ctx, "ddd", { token: other.access });
+    expectError(await upload(ctx, "dd", { token: user.access }), 413, "PAYLOAD_TOO_LARGE");
+
+    await call(ctx.app, "DELETE", `${API}/uploads/${ids[0]}`, { token: user.access });
+    const past = await list("?offset=5");
+    expect([past.json.items.length, past.json.total]).toEqual([0, 2]);
+    expect((await list("?limit=1")).json.total).toBe(2);
+    // The freed bytes count again: 6 stored, 4 more fit.
+    expect((await upload(ctx, "eeee", { token: user.access })).status).toBe(201);
+    expect((await list("")).json.total).toBe(3);
+
+    expect((await call(ctx.app, "DELETE", `${API}/users/${other.id}`, { token: admin.access })).status).toBe(204);
+    expect((await list("?all=true", admin.access)).json.total).toBe(3);
+    expect((await list(`?owner_id=${other.id}`, admin.access)).json.total).toBe(0);
+  });
+
   test("delete removes row and bytes (owner, or an admin); deleting a user removes the user's bytes", async () => {
     const { ctx, user } = await withUser();
     const admin = await signUp(ctx.app);
