@@ -9,6 +9,7 @@ import { cpus, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import Redis from "ioredis";
 import postgres from "postgres";
+import { startTestBucket } from "../test/s3";
 import {
   BIG_FILE_BYTES,
   type FilesResults,
@@ -22,6 +23,8 @@ import {
 } from "./files";
 import { median, type Pair, pairedLoad } from "./load";
 import { killChildren, type Launch, run, type Service, startService, stop, tail, timedStarts } from "./process";
+import { type Delivery, eventDelivery, HELD_SOCKETS, type HeldSockets, heldSockets } from "./realtime";
+import { pairedDownloads, S3_DOWNLOAD_ROUNDS, type S3Download } from "./storage";
 import { runWrk, type WrkResult } from "./wrk";
 
 const ROOT = resolve(import.meta.dir, "..");
@@ -363,6 +366,54 @@ async function metricsStage(): Promise<{ pair: Pair; scrape: { ms: number; kib: 
   }
 }
 
+/** Two instances on one Postgres + Redis: sockets held by A, then events from uploads on A to a socket on B. */
+async function realtimeStage(): Promise<{ held: HeldSockets | Unavailable; delivery: Delivery | Unavailable }> {
+  const a = await startService(serverLaunch("server A (realtime)", join(scratch, "data-rt-a"), true));
+  const b = await startService(serverLaunch("server B (realtime)", join(scratch, "data-rt-b"), true));
+  try {
+    const token = await signIn(a.url);
+    if (typeof token !== "string") return { held: token, delivery: token };
+    progress(`realtime: ${HELD_SOCKETS} sockets held by one instance`);
+    const held = await heldSockets(a, token).catch((error: Error) => `n/a (${error.message})`);
+    progress("realtime: uploads on A, file.uploaded on a socket of B");
+    const delivery = await eventDelivery(a, b, token).catch((error: Error) => `n/a (${error.message})`);
+    return { held, delivery };
+  } finally {
+    await stop(a.child);
+    await stop(b.child);
+  }
+}
+
+/**
+ * The same bench on S3 storage (an s3rver bucket) and on the local disk, two servers alike but for
+ * STORAGE_URL: /users/me (storage plays no part: the ratio shows the setting costs nothing elsewhere)
+ * and a 10 MiB download, paired back to back.
+ */
+async function s3Stage(): Promise<{ me: Pair | Unavailable; download: S3Download | Unavailable }> {
+  const bucket = await startTestBucket();
+  const disk = await startService(serverLaunch("server (disk)", join(scratch, "data-disk"), true));
+  const s3 = await startService(
+    serverLaunch("server (S3)", join(scratch, "data-s3"), true, bucket.env(`bench-${Date.now()}/`)),
+  );
+  try {
+    const token = await signIn(disk.url);
+    if (typeof token !== "string") return { me: token, download: token };
+    const authorization = `Bearer ${token}`;
+    progress("S3: GET /users/me, S3 server vs disk server");
+    const me = await pairedLoad(
+      { url: `${s3.url}/api/v1/users/me`, authorization, pid: s3.child.pid },
+      { url: `${disk.url}/api/v1/users/me`, authorization, pid: disk.child.pid },
+    );
+    progress(`S3: ${S3_DOWNLOAD_ROUNDS} downloads of 10 MiB from each`);
+    const download = await pairedDownloads(disk, s3, authorization);
+    return { me, download };
+  } finally {
+    await stop(s3.child);
+    await stop(disk.child);
+    await bucket.stop();
+  }
+}
+
 // ---------------------------------------------------------------- report
 
 interface Target {
@@ -494,6 +545,8 @@ async function main(): Promise<void> {
 
   const { files, log: filesLog } = await filesStage();
   const metrics = await metricsStage();
+  const realtime = await realtimeStage();
+  const storage = await s3Stage();
 
   progress("server on PGlite: first start (initdb), then timed starts");
   const pgliteLaunch = serverLaunch("server (PGlite)", join(scratch, "data-pglite"), false);
@@ -661,6 +714,51 @@ async function main(): Promise<void> {
         `baseline: METRICS_ENABLED=false; a scrape after it ${typeof metrics.scrape === "string" ? metrics.scrape : `${metrics.scrape.ms.toFixed(1)} ms, ${metrics.scrape.kib.toFixed(1)} KiB`}`,
       ),
     ),
+    row(
+      "r1",
+      `${HELD_SOCKETS.toLocaleString("en")} sockets held: server RSS`,
+      "MB",
+      { on: "value", op: "<", limit: 150 },
+      ifMeasured(realtime.held, (held) => ({
+        value: held.rssMiB,
+        note: `${held.sockets} authenticated sockets; ${held.rssBeforeMiB.toFixed(1)} MB before them`,
+      })),
+    ),
+    row(
+      "r2",
+      `${HELD_SOCKETS.toLocaleString("en")} sockets held: idle server CPU`,
+      "% core",
+      { on: "value", op: "<", limit: 5 },
+      ifMeasured(realtime.held, (held) => ({ value: held.idleCpuPercent, note: "over 10 s with every socket idle" })),
+    ),
+    row(
+      "r3",
+      "event from an upload on A to a socket on B, p99",
+      "ms",
+      { on: "value", op: "<", limit: 50 },
+      ifMeasured(realtime.delivery, (delivery) => ({
+        value: delivery.p99Ms,
+        note: `p50 ${ms(delivery.p50Ms)} over ${delivery.rounds} uploads, from sending the upload (so it includes it) to the event on B; Redis pub/sub`,
+      })),
+    ),
+    row(
+      "s1",
+      "GET /users/me, S3 storage vs disk",
+      "req/s",
+      { on: "ratio", op: ">=", limit: 0.9 },
+      ifMeasured(storage.me, (me) => againstBaseline(me, "baseline: the same server on the local disk")),
+    ),
+    row(
+      "s2",
+      "10 MiB download, S3 (s3rver) vs disk",
+      "MiB/s",
+      { on: "ratio", op: ">=", limit: 0.1 },
+      ifMeasured(storage.download, (download) => ({
+        value: download.s3MibPerSec,
+        baseline: download.diskMibPerSec,
+        note: `median of ${download.rounds} pairs; s3rver is a single Node process writing files: it bounds this row, not the server`,
+      })),
+    ),
   ];
 
   const durationSeconds = (performance.now() - benchStart) / 1000;
@@ -694,6 +792,8 @@ async function main(): Promise<void> {
     wrk: { live, ...auth },
     files,
     metrics,
+    realtime,
+    storage,
   };
   const report = { date: new Date().toISOString(), machine, durationSeconds, rows, raw };
   writeFileSync(RESULTS, `${JSON.stringify(report, null, 2)}\n`);
