@@ -38,20 +38,23 @@ export interface PostgresOptions {
 }
 
 /**
- * Counts the work Drizzle hands a client: it calls only `query`/`unsafe` (a query) and `transaction`/`begin`
- * (whose inner queries run on the transaction's own client, so they are not counted twice).
+ * What Drizzle is handed instead of the driver's client: the client itself (as prototype) with the two kinds
+ * of call Drizzle makes counted: a query (`unsafe`/`query`) and a transaction (`begin`/`transaction`, whose
+ * inner queries run on the transaction's own client). Not patched into the client, whose own inner calls
+ * (postgres.js sends BEGIN through `unsafe`) would then count twice.
  */
-function countActive<C extends object>(client: C, size: number, methods: (keyof C)[]): PoolUsage {
-  const usage = { size, active: 0 };
+function counted<C extends object>(client: C, size: number, methods: (keyof C)[]): { client: C; pool: PoolUsage } {
+  const pool = { size, active: 0 };
   const release = () => {
-    usage.active--;
+    pool.active--;
   };
+  const facade = Object.create(client) as C;
   for (const name of methods) {
     const original = (client[name] as (...args: unknown[]) => PromiseLike<unknown>).bind(client);
-    Object.assign(client, {
-      [name]: (...args: unknown[]) => {
+    Object.defineProperty(facade, name, {
+      value: (...args: unknown[]) => {
         const work = original(...args);
-        usage.active++;
+        pool.active++;
         // A postgres.js query starts on its first `then`; Drizzle awaits each at once, and `.values()`, which it
         // calls right after `unsafe`, still applies (the query is sent a microtask later).
         work.then(release, release);
@@ -59,7 +62,7 @@ function countActive<C extends object>(client: C, size: number, methods: (keyof 
       },
     });
   }
-  return usage;
+  return { client: facade, pool };
 }
 
 export function connectPostgres(options: PostgresOptions): Database {
@@ -69,10 +72,10 @@ export function connectPostgres(options: PostgresOptions): Database {
     connect_timeout: options.connectTimeoutSeconds ?? 5,
     onnotice: () => {},
   });
-  const pool = countActive(client, options.max, ["unsafe", "begin"]);
+  const { client: countedClient, pool } = counted(client, options.max, ["unsafe", "begin"]);
   return {
     kind: "postgres",
-    orm: drizzlePostgres(client, { schema }),
+    orm: drizzlePostgres(countedClient, { schema }),
     pool,
     async exclusive(lockKey, work) {
       // A one-connection client: the advisory lock belongs to the session that took it.
@@ -153,8 +156,8 @@ export async function openPglite(dataDir: string): Promise<Database> {
   });
   const onDisk = !dataDir.startsWith("memory://");
   if (onDisk) makeOwnerOnly(dataDir);
-  const pool = countActive(client, 1, ["query", "transaction"]);
-  const orm = drizzlePglite(client, { schema }) as unknown as Orm;
+  const { client: countedClient, pool } = counted(client, 1, ["query", "transaction"]);
+  const orm = drizzlePglite(countedClient, { schema }) as unknown as Orm;
   return {
     kind: "pglite",
     orm,

@@ -87,9 +87,12 @@ describe("GET /metrics", () => {
     const held = Array.from({ length: size }, () => db.orm.transaction(() => gate));
     // Drizzle queries are lazy: `then` sends it.
     const waiting = db.orm.execute("select 1").then(() => {});
-    expect(pool(await scrape(ctx))).toEqual({ size, inUse: size, idle: 0, waiting: 1 });
-    release();
-    await Promise.all([...held, waiting]);
+    try {
+      expect(pool(await scrape(ctx))).toEqual({ size, inUse: size, idle: 0, waiting: 1 });
+    } finally {
+      release();
+      await Promise.all([...held, waiting]);
+    }
     expect(pool(await scrape(ctx))).toEqual({ size, inUse: 0, idle: size, waiting: 0 });
   });
 
