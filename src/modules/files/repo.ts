@@ -59,9 +59,30 @@ export function createFilesRepo(orm: Orm) {
     return { rows: [], total: stats?.total ?? 0 };
   }
 
+  // The statements of every upload and download, built once.
+  const byId = orm
+    .select()
+    .from(files)
+    .where(eq(files.id, sql.placeholder("id")))
+    .limit(1)
+    .prepare("files_by_id");
+  const insertFile = orm
+    .insert(files)
+    .values({
+      ownerId: sql.placeholder("ownerId"),
+      filename: sql.placeholder("filename"),
+      contentType: sql.placeholder("contentType"),
+      fileSize: sql.placeholder("fileSize"),
+      fileHash: sql.placeholder("fileHash"),
+      storageKey: sql.placeholder("storageKey"),
+      isPublic: sql.placeholder("isPublic"),
+    })
+    .returning()
+    .prepare("files_insert");
+
   return {
     async findById(id: string): Promise<FileRow | undefined> {
-      const [row] = await orm.select().from(files).where(eq(files.id, id)).limit(1);
+      const [row] = await byId.execute({ id });
       return row;
     },
 
@@ -78,7 +99,7 @@ export function createFilesRepo(orm: Orm) {
      */
     async insert(file: NewFile, quota: number | undefined): Promise<FileRow | "over-quota"> {
       if (quota === undefined) {
-        const [row] = await orm.insert(files).values(file).returning();
+        const [row] = await insertFile.execute({ ...file, isPublic: file.isPublic ?? false });
         return row as FileRow;
       }
       return orm.transaction(async (tx) => {
