@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { type Static, Type as T } from "@sinclair/typebox";
 import { Value, type ValueError } from "@sinclair/typebox/value";
 import { parse as parseDotenv } from "dotenv";
@@ -83,6 +84,8 @@ export interface Config
   allowedOrigins: string[];
   allowedFileTypes: string[];
   uploadDir: string;
+  /** Where uploaded bytes live: STORAGE_URL's bucket, or `uploadDir`. */
+  storage: StorageSetting;
   rateLimits: {
     enabled: boolean;
     login: RateLimit;
@@ -94,6 +97,18 @@ export interface Config
     default: RateLimit;
   };
 }
+
+export interface S3Setting {
+  bucket: string;
+  /** "" or a path ending in "/". */
+  prefix: string;
+  endpoint: string | undefined;
+  region: string | undefined;
+  accessKeyId: string;
+  secretAccessKey: string;
+}
+
+export type StorageSetting = { kind: "disk"; dir: string } | ({ kind: "s3" } & S3Setting);
 
 const WINDOW_MS = { second: 1000, minute: 60_000, hour: 3_600_000 } as const;
 const KNOWN_WEAK_SECRETS = new Set(["secret", "changeme", "change-me", "your-secret-key", "dev", "development"]);
@@ -168,13 +183,54 @@ export function maskCredentials(value: string): string {
 function describe(error: ValueError): string {
   const name = error.path.replace(/^\//, "");
   const secret = /SECRET|PASSWORD|KEY|_TOKEN$/.test(name);
-  const value = typeof error.value === "string" && name.endsWith("_URL") ? maskCredentials(error.value) : error.value;
+  const url = name.endsWith("_URL") || name === "S3_ENDPOINT";
+  const value = typeof error.value === "string" && url ? maskCredentials(error.value) : error.value;
   const shown = secret || value === undefined ? "" : ` (got ${JSON.stringify(value)})`;
   const choices = (error.schema.anyOf as { const?: unknown }[] | undefined)
     ?.map((option) => option.const)
     .filter((value) => value !== undefined);
   const problem = choices?.length ? `must be one of ${choices.join("|")}` : error.message.toLowerCase();
   return `config: ${name} ${problem}${shown}`;
+}
+
+/** The folder of a `file://` STORAGE_URL (it overrides UPLOAD_DIR). */
+function storageDir(url: string | undefined): string | undefined {
+  if (!url?.startsWith("file://")) return undefined;
+  try {
+    return fileURLToPath(url);
+  } catch {
+    throw new ConfigError(
+      `config: STORAGE_URL must be file:///ABSOLUTE/PATH (got ${JSON.stringify(maskCredentials(url))})`,
+    );
+  }
+}
+
+// S3's rule for new buckets (DNS-compatible names).
+const BUCKET = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
+
+/** STORAGE_URL `s3://BUCKET/PREFIX` with the S3_* settings; otherwise the disk. */
+function parseStorage(env: Env, uploadDir: string): StorageSetting {
+  const url = env.STORAGE_URL;
+  if (!url?.startsWith("s3://")) return { kind: "disk", dir: uploadDir };
+  const [, bucket = "", path = ""] = url.match(/^s3:\/\/([^/]*)\/?(.*)$/) ?? [];
+  if (!BUCKET.test(bucket)) {
+    throw new ConfigError(
+      `config: STORAGE_URL must be s3://BUCKET/PREFIX with a valid bucket name, credentials in S3_* (got ${JSON.stringify(maskCredentials(url))})`,
+    );
+  }
+  if (!(env.S3_ACCESS_KEY_ID && env.S3_SECRET_ACCESS_KEY)) {
+    throw new ConfigError("config: STORAGE_URL s3:// needs S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY");
+  }
+  const prefix = path.replace(/^\/+|\/+$/g, "");
+  return {
+    kind: "s3",
+    bucket,
+    prefix: prefix ? `${prefix}/` : "",
+    endpoint: env.S3_ENDPOINT,
+    region: env.S3_REGION,
+    accessKeyId: env.S3_ACCESS_KEY_ID,
+    secretAccessKey: env.S3_SECRET_ACCESS_KEY,
+  };
 }
 
 /** Reads `config/.env` under `cwd`, if present; the process environment wins over it. */
@@ -211,9 +267,7 @@ export function loadConfig(raw: Record<string, string | undefined>): Config {
     RATE_LIMIT_DEFAULT,
     ...rest
   } = env;
-  if (env.STORAGE_URL?.startsWith("s3://") && !(env.S3_ACCESS_KEY_ID && env.S3_SECRET_ACCESS_KEY)) {
-    throw new ConfigError("config: STORAGE_URL s3:// needs S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY");
-  }
+  const uploadDir = resolve(storageDir(env.STORAGE_URL) ?? env.UPLOAD_DIR ?? join(dataDir, "uploads"));
   return {
     ...rest,
     DATA_DIR: dataDir,
@@ -221,7 +275,8 @@ export function loadConfig(raw: Record<string, string | undefined>): Config {
     secretKey: resolveSecret(env, dataDir),
     allowedOrigins: parseOrigins(ALLOWED_ORIGINS),
     allowedFileTypes: ALLOWED_FILE_TYPES.split(",").map((type) => type.trim()),
-    uploadDir: resolve(env.UPLOAD_DIR ?? join(dataDir, "uploads")),
+    uploadDir,
+    storage: parseStorage(env, uploadDir),
     rateLimits: {
       enabled: RATE_LIMIT_ENABLED,
       login: parseRate(RATE_LIMIT_LOGIN),

@@ -1,5 +1,6 @@
 import { Elysia, NotFoundError, ParseError, t, ValidationError } from "elysia";
 import type { Logger } from "../platform/logger";
+import { StorageUnavailableError } from "../platform/storage";
 
 export type ErrorCode =
   | "BAD_REQUEST"
@@ -180,7 +181,7 @@ function toAppError(error: unknown, request: Request): AppError | undefined {
     return error.cause instanceof AppError ? error.cause : errors.badRequest("Malformed request body");
   }
   if (error instanceof NotFoundError) return errors.notFound();
-  if (isDatabaseUnavailable(error)) return errors.unavailable();
+  if (isDatabaseUnavailable(error) || error instanceof StorageUnavailableError) return errors.unavailable();
   const cause = databaseCause(error);
   // A row that refers to one deleted meanwhile (a file whose owner was deleted during the upload).
   if (cause?.code === "23503") return errors.conflict("Refers to something that no longer exists");
@@ -220,6 +221,8 @@ export function errorMapper(logger: Logger) {
         error: loggableError(error),
       });
       mapped = new AppError(500, "INTERNAL_ERROR", "Internal server error");
+    } else if (error instanceof StorageUnavailableError) {
+      logger.warn("storage unavailable", { request_id: requestId, error: error.message });
     } else if (mapped.status === 503) {
       logger.warn("database unavailable", { request_id: requestId, error: databaseCause(error)?.message });
     }

@@ -1,7 +1,7 @@
 import { type FileHandle, mkdir, open, readdir, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 
-/** Bytes being written under a key chosen beforehand, invisible until committed. */
+/** Bytes being written under a key chosen beforehand; nobody reads them before their row exists. */
 export interface PendingObject {
   /** Resolves once the chunk is written, so a slow disk slows the upload instead of filling memory. */
   write(chunk: Uint8Array): Promise<void>;
@@ -9,6 +9,17 @@ export interface PendingObject {
   close(): Promise<void>;
   /** Removes whatever was written; harmless after a commit or a second call. */
   discard(): Promise<void>;
+}
+
+/** The storage itself failed (a bucket that is down or refuses us): a 503, not the client's fault. */
+export class StorageUnavailableError extends Error {
+  constructor(
+    readonly operation: string,
+    cause: unknown,
+  ) {
+    const code = (cause as { code?: unknown } | null)?.code;
+    super(`storage ${operation} failed${typeof code === "string" ? `: ${code}` : ""}`, { cause });
+  }
 }
 
 /** A temporary object: what an upload cut short left, or one waiting for its commit. */
@@ -19,17 +30,20 @@ export interface Temporary {
 
 /**
  * The one seam over stored bytes: opaque, server-chosen keys (UUIDs). Nothing else in the code
- * touches stored bytes, so another backend (S3) slots in behind the same calls. Writing is two-phase:
- * bytes go to a temporary object under their final key, and `commit` makes them readable, so a crash
- * in between leaves a temporary that a sweep can finish or remove.
+ * touches stored bytes: the disk (below) and an S3 bucket (`s3-storage.ts`) sit behind the same calls.
+ * Writing is two-phase: bytes go to a temporary object under their final key, and `commit` ends the
+ * temporary state, so a crash in between leaves a temporary that a sweep can finish or remove.
  */
 export interface ObjectStorage {
-  readonly kind: "disk";
+  readonly kind: "disk" | "s3";
   begin(key: string): Promise<PendingObject>;
-  /** Makes the temporary object of `key` readable under `key`. */
+  /**
+   * Ends the temporary state of `key`: on disk the bytes move to their key; on S3 they are already
+   * there once closed, and the marker that made them a temporary goes.
+   */
   commit(key: string): Promise<void>;
-  /** The object's bytes, or the inclusive byte range [start, end]; a Blob streams when sent as a body. */
-  read(key: string, range?: { start: number; end: number }): Blob;
+  /** The object's bytes, or the inclusive byte range [start, end], streamed when sent as a body. */
+  read(key: string, range?: { start: number; end: number }): Blob | ReadableStream<Uint8Array>;
   stat(key: string): Promise<{ size: number } | undefined>;
   /** Removes objects, and temporaries of the same keys. */
   delete(...keys: string[]): Promise<void>;
@@ -38,6 +52,9 @@ export interface ObjectStorage {
 }
 
 const KEY = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/** Keys are ours (UUIDs); nothing else ever names a stored object. */
+export const isStorageKey = (key: string) => KEY.test(key);
 
 /**
  * Files under `root`: `objects/<last 2>/<2 before>/<key>` (two levels of shards, so no folder holds millions of
@@ -50,12 +67,12 @@ export function diskStorage(root: string): ObjectStorage {
   // Folders are made on first use: building the storage does no I/O.
 
   const temporaryOf = (key: string) => {
-    if (!KEY.test(key)) throw new Error("invalid storage key");
+    if (!isStorageKey(key)) throw new Error("invalid storage key");
     return join(tmpDir, key);
   };
   const pathOf = (key: string) => {
     // Keys are ours, but a key never becomes a path unless it is one of ours.
-    if (!KEY.test(key)) throw new Error("invalid storage key");
+    if (!isStorageKey(key)) throw new Error("invalid storage key");
     // Sharded on the key's random tail: a v7 UUID starts with a timestamp that barely moves.
     return join(objectsDir, key.slice(-2), key.slice(-4, -2), key);
   };
@@ -105,7 +122,7 @@ export function diskStorage(root: string): ObjectStorage {
 
     async delete(...keys) {
       // A key that is not one of ours names nothing stored here.
-      const ours = keys.filter((key) => KEY.test(key));
+      const ours = keys.filter(isStorageKey);
       await Promise.all(
         ours.flatMap((key) => [pathOf(key), temporaryOf(key)].map((path) => rm(path, { force: true }))),
       );
@@ -114,12 +131,10 @@ export function diskStorage(root: string): ObjectStorage {
     async temporaries() {
       const names = await readdir(tmpDir).catch(() => [] as string[]);
       const found = await Promise.all(
-        names
-          .filter((name) => KEY.test(name))
-          .map(async (key) => {
-            const info = await stat(temporaryOf(key)).catch(() => undefined);
-            return info ? { key, modifiedAt: info.mtimeMs } : undefined;
-          }),
+        names.filter(isStorageKey).map(async (key) => {
+          const info = await stat(temporaryOf(key)).catch(() => undefined);
+          return info ? { key, modifiedAt: info.mtimeMs } : undefined;
+        }),
       );
       return found.filter((entry): entry is Temporary => entry !== undefined);
     },
