@@ -1,8 +1,9 @@
-import { readdirSync } from "node:fs";
+import { readdirSync, utimesSync } from "node:fs";
 import { join } from "node:path";
 import { count, eq } from "drizzle-orm";
 import { files } from "../../../src/db/schema";
-import { API, call, type TestContext } from "../../support";
+import { countObjects } from "../../s3";
+import { API, call, type TestContext, testBucket } from "../../support";
 
 /** The first bytes of real files of each kind (enough for a magic-number check). */
 export const SAMPLES = {
@@ -41,18 +42,33 @@ function filesUnder(dir: string): string[] {
   }
 }
 
+/** Stored objects and temporaries, asked of the app's disk folder or bucket prefix. */
+async function countStored(ctx: TestContext) {
+  const storage = ctx.deps.config.storage;
+  if (storage.kind === "disk") {
+    return {
+      objects: filesUnder(join(storage.dir, "objects")).length,
+      temporaries: filesUnder(join(storage.dir, "tmp")).length,
+    };
+  }
+  const [objects, temporaries] = await Promise.all([countObjects(storage, "objects/"), countObjects(storage, "tmp/")]);
+  return { objects, temporaries };
+}
+
+/** Makes a temporary look as old as `when` to the start-up sweep. */
+export async function backdateTemporary(ctx: TestContext, key: string, when: Date) {
+  const storage = ctx.deps.config.storage;
+  if (storage.kind === "disk") utimesSync(join(storage.dir, "tmp", key), when, when);
+  else (await testBucket()).backdate(`${storage.prefix}tmp/${key}`, when);
+}
+
 /** What the app has stored: objects, temporaries left behind, and rows (of one owner, if given). */
 export async function stored(ctx: TestContext, ownerId?: string) {
-  const root = ctx.deps.config.uploadDir;
   const [row] = await ctx.deps.db.orm
     .select({ total: count() })
     .from(files)
     .where(ownerId ? eq(files.ownerId, ownerId) : undefined);
-  return {
-    objects: filesUnder(join(root, "objects")).length,
-    temporaries: filesUnder(join(root, "tmp")).length,
-    rows: row?.total ?? 0,
-  };
+  return { ...(await countStored(ctx)), rows: row?.total ?? 0 };
 }
 
 export const NOTHING = { objects: 0, temporaries: 0, rows: 0 };

@@ -1,12 +1,9 @@
 import { describe, expect, test } from "bun:test";
-import { utimesSync } from "node:fs";
-import { join } from "node:path";
-import { createServices } from "../../../src/app";
+import { createServices, openStorage } from "../../../src/app";
 import { files } from "../../../src/db/schema";
 import { cleanFilename } from "../../../src/modules/files/model";
-import { diskStorage } from "../../../src/platform/storage";
 import { API, call, expectError, makeApp, promote, signUp, type TestContext } from "../../support";
-import { NOTHING, SAMPLES, sha256, stored, upload } from "./fixtures";
+import { backdateTemporary, NOTHING, SAMPLES, sha256, stored, upload } from "./fixtures";
 
 async function withUser(overrides: Record<string, string> = {}) {
   const ctx = await makeApp(overrides);
@@ -345,7 +342,7 @@ describe("recovery after a crash", () => {
   test("a temporary with a row is committed, an old one without a row removed, a fresh one kept", async () => {
     const { ctx, user } = await withUser();
     const services = createServices(ctx.deps);
-    const storage = diskStorage(ctx.deps.config.uploadDir);
+    const storage = openStorage(ctx.deps.config.storage);
     // Crashed after the row was inserted, before the commit.
     const survivor = crypto.randomUUID();
     const written = await storage.begin(survivor);
@@ -362,8 +359,7 @@ describe("recovery after a crash", () => {
     // Crashed mid-body, long ago; and an upload in flight right now.
     const abandoned = crypto.randomUUID();
     await (await storage.begin(abandoned)).close();
-    const stale = new Date(Date.now() - 2 * 3_600_000);
-    utimesSync(join(ctx.deps.config.uploadDir, "tmp", abandoned), stale, stale);
+    await backdateTemporary(ctx, abandoned, new Date(Date.now() - 2 * 3_600_000));
     const inFlight = crypto.randomUUID();
     await (await storage.begin(inFlight)).close();
 

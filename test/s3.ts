@@ -1,0 +1,90 @@
+/** A real S3-compatible server for tests: s3rver (npm) in a child process, on a port of its choosing. */
+import { mkdtempSync, rmSync, utimesSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { S3Client } from "bun";
+import type { S3Setting } from "../src/config";
+
+export interface TestBucket {
+  /** The bucket with no prefix; give each app a prefix of its own. */
+  setting: S3Setting;
+  /** The settings that point an app at `prefix` in this bucket. */
+  env(prefix: string): Record<string, string>;
+  /** Sets an object's Last-Modified (s3rver reads it from its file's mtime). */
+  backdate(path: string, when: Date): void;
+  /** Stops the server (by PID) and removes its data. */
+  stop(): Promise<void>;
+}
+
+const BUCKET = "reviewpoint-test";
+// s3rver's fixed credentials.
+const CREDENTIALS = { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" };
+/**
+ * s3rver on a port of its choosing; it says which. When its stdin closes it removes its data and exits,
+ * so it never outlives the test process (bun test fires no "exit" event for a hook to kill it).
+ */
+const LAUNCHER = `
+const S3rver = require(process.argv[1]);
+new S3rver({ address: "127.0.0.1", port: 0, directory: process.argv[2], silent: true,
+  configureBuckets: [{ name: process.argv[3], configs: [] }] })
+  .run().then(({ port }) => console.log("listening on " + port));
+process.stdin.on("end", () => {
+  require("node:fs").rmSync(process.argv[2], { recursive: true, force: true });
+  process.exit(0);
+}).resume();
+`;
+
+export async function startTestBucket(): Promise<TestBucket> {
+  const dir = mkdtempSync(join(tmpdir(), "rp-s3rver-"));
+  // Node when present (s3rver's own runtime); it also runs under Bun.
+  const runtime = Bun.which("node") ?? process.execPath;
+  const server = Bun.spawn([runtime, "-e", LAUNCHER, require.resolve("s3rver"), dir, BUCKET], {
+    stdin: "pipe",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const reader = server.stdout.getReader();
+  let said = "";
+  let port: string | undefined;
+  while (!port) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`s3rver did not start: ${await new Response(server.stderr).text()}`);
+    said += new TextDecoder().decode(value);
+    port = said.match(/listening on (\d+)/)?.[1];
+  }
+  reader.releaseLock();
+  const endpoint = `http://127.0.0.1:${port}`;
+
+  return {
+    setting: { bucket: BUCKET, prefix: "", endpoint, region: "us-east-1", ...CREDENTIALS },
+    env: (prefix) => ({
+      STORAGE_URL: `s3://${BUCKET}/${prefix}`,
+      S3_ENDPOINT: endpoint,
+      S3_REGION: "us-east-1",
+      S3_ACCESS_KEY_ID: CREDENTIALS.accessKeyId,
+      S3_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey,
+    }),
+    backdate(path, when) {
+      utimesSync(join(dir, BUCKET, `${path}._S3rver_object`), when, when);
+    },
+    async stop() {
+      server.kill("SIGKILL");
+      await server.exited;
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** How many objects lie under `path` (after the setting's prefix), asked of the bucket itself. */
+export async function countObjects(setting: S3Setting, path: string): Promise<number> {
+  const client = new S3Client(setting);
+  const prefix = `${setting.prefix}${path}`;
+  let count = 0;
+  let continuationToken: string | undefined;
+  do {
+    const page = await client.list({ prefix, continuationToken });
+    count += page.contents?.length ?? 0;
+    continuationToken = page.isTruncated ? page.nextContinuationToken : undefined;
+  } while (continuationToken);
+  return count;
+}
