@@ -3,7 +3,7 @@
  * Bun.serve of the same file), small uploads and the list under wrk.
  */
 import { randomBytes } from "node:crypto";
-import { closeSync, openSync, readdirSync, readFileSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, openSync, readdirSync, readFileSync, readSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import postgres from "postgres";
 import { LOAD, median, type Pair, pairedLoad, processCpuUs, type Shape } from "./load";
@@ -137,6 +137,12 @@ const failed = (what: string, status: number, body = ""): Unavailable =>
 
 export interface BigUploads {
   transfers: Transfers;
+  /**
+   * What bounds the upload on this machine, each as a ratio to the same round's `cp` (medians): SHA-256 of
+   * the same bytes in this process (the upload must hash every byte, on one core), and a bare Bun.serve
+   * reading the same curl upload and discarding it (the transport alone).
+   */
+  ceilings: { sha256: number; bareUpload: number };
   /** RSS just before the first upload, MiB. */
   rssBeforeMiB: number;
   /** Peak RSS during each upload minus `rssBeforeMiB`, MiB. */
@@ -145,15 +151,35 @@ export interface BigUploads {
   fileId: string;
 }
 
+/** SHA-256 of the file, read in 1 MiB pieces, in this process: MiB/s. */
+function sha256MibPerSec(path: string): number {
+  const piece = Buffer.allocUnsafe(MiB);
+  const hash = new Bun.CryptoHasher("sha256");
+  const fd = openSync(path, "r");
+  const startedAt = performance.now();
+  try {
+    for (let read = readSync(fd, piece); read > 0; read = readSync(fd, piece)) hash.update(piece.subarray(0, read));
+  } finally {
+    closeSync(fd);
+  }
+  hash.digest();
+  return mibPerSec(BIG_FILE_BYTES, (performance.now() - startedAt) / 1000);
+}
+
+const curlUpload = (url: string, file: string, headers: string[] = []) =>
+  // Expect: curl would wait for a 100 Continue before sending a big body.
+  curl("-", [...headers, "-H", "Expect:", "-F", `file=@${file};type=text/plain`, url]);
+
 /**
  * BIG_ROUNDS uploads of the big file, each after a `cp` of it on the same disk, with the server's
- * resident set watched throughout.
+ * resident set watched throughout; each round also times the ceilings (SHA-256 alone, a bare upload).
  */
-async function bigUploads(server: Service, authorization: string, bigFile: string, scratch: string) {
+async function bigUploads(server: Service, baseline: Service, authorization: string, bigFile: string, scratch: string) {
   const pid = server.child.pid;
   const rssBeforeKb = statusKb(pid, "VmRSS");
   const transfers: Transfer[] = [];
   const growthMiB: number[] = [];
+  const ceilings = { sha256: [] as number[], bareUpload: [] as number[] };
   let fileId = "";
   for (let i = 0; i < BIG_ROUNDS; i++) {
     // --reflink=never: a copy-on-write file system would otherwise copy nothing.
@@ -166,20 +192,25 @@ async function bigUploads(server: Service, authorization: string, bigFile: strin
 
     const cpuBefore = processCpuUs(pid);
     const { result: upload, peakKb } = await peakRssDuring(pid, () =>
-      // Expect: curl would wait for a 100 Continue before sending a big body.
-      curl("-", ["-H", authorization, "-H", "Expect:", "-F", `file=@${bigFile};type=text/plain`, server.url + UPLOADS]),
+      curlUpload(server.url + UPLOADS, bigFile, ["-H", authorization]),
     );
     if (upload.status !== 201) return failed("upload", upload.status, upload.body);
+    const bare = await curlUpload(`${baseline.url}/stream`, bigFile);
+    if (bare.status !== 201) return failed("bare upload", bare.status, bare.body);
+    const cpMibPerSec = mibPerSec(BIG_FILE_BYTES, cpSeconds);
+    ceilings.bareUpload.push(mibPerSec(BIG_FILE_BYTES, bare.seconds) / cpMibPerSec);
+    ceilings.sha256.push(sha256MibPerSec(bigFile) / cpMibPerSec);
     fileId = (JSON.parse(upload.body) as { id: string }).id;
     growthMiB.push((peakKb - rssBeforeKb) / 1024);
     transfers.push({
       mibPerSec: mibPerSec(BIG_FILE_BYTES, upload.seconds),
-      baselineMibPerSec: mibPerSec(BIG_FILE_BYTES, cpSeconds),
+      baselineMibPerSec: cpMibPerSec,
       cpuMs: (processCpuUs(pid) - cpuBefore) / 1000,
     });
   }
   return {
     transfers: medianTransfer(transfers),
+    ceilings: { sha256: median(ceilings.sha256), bareUpload: median(ceilings.bareUpload) },
     rssBeforeMiB: rssBeforeKb / 1024,
     growthMiB,
     rssAfterMiB: statusKb(pid, "VmRSS") / 1024,
@@ -300,7 +331,7 @@ export async function filesLoads(options: {
   const pids = { server: server.child.pid, baseline: baseline.child.pid };
 
   progress(`files: ${BIG_ROUNDS} uploads of ${BIG_FILE_BYTES / MiB} MiB (each after a cp), RSS sampled`);
-  const big = await bigUploads(server, authorization, bigFile, scratch);
+  const big = await bigUploads(server, baseline, authorization, bigFile, scratch);
   progress(`files: ${DOWNLOAD_ROUNDS} downloads of ${BIG_FILE_BYTES / MiB} MiB, paired with a bare Bun.serve`);
   const download = typeof big === "string" ? big : await bigDownloads(server, baseline, authorization, big.fileId);
 
