@@ -28,6 +28,7 @@ import { createRealtime } from "./modules/realtime/service";
 import { createUsersRepo } from "./modules/users/repo";
 import { usersRoutes } from "./modules/users/routes";
 import { createUsersService } from "./modules/users/service";
+import { clamdScanner, type Scanner } from "./platform/antivirus";
 import type { KeyValueStore } from "./platform/kv";
 import type { Logger } from "./platform/logger";
 import { createMailer, type Mailer } from "./platform/mail";
@@ -53,6 +54,8 @@ export interface AppDeps {
   metrics?: Metrics;
   /** Events between instances; defaults to this process only. */
   pubsub?: PubSub;
+  /** The virus scanner; defaults to clamd at CLAMAV_URL, or none. */
+  scanner?: Scanner;
   startedAt?: number;
 }
 
@@ -120,6 +123,16 @@ export function createServices(deps: AppDeps) {
     onChange: realtime.accessChanged,
   });
   const limits = rateLimits(createRateLimiter(kv, logger), config, metrics);
+  const scanner =
+    deps.scanner ??
+    (config.CLAMAV_URL
+      ? clamdScanner({
+          url: config.CLAMAV_URL,
+          timeoutMs: config.CLAMAV_TIMEOUT_MS,
+          connections: config.CLAMAV_CONNECTIONS,
+        })
+      : undefined);
+  const antivirus = scanner && { scanner, required: !config.CLAMAV_FAIL_OPEN };
   const files = createFilesService({
     repo: createFilesRepo(db.orm),
     storage: deps.storage ?? openStorage(config.storage),
@@ -131,6 +144,7 @@ export function createServices(deps: AppDeps) {
     logger,
     metrics,
     notify: realtime.notify,
+    antivirus: antivirus && { scanner: antivirus.scanner, failOpen: !antivirus.required },
   });
   const users = createUsersService({
     repo: usersRepo,
@@ -157,7 +171,7 @@ export function createServices(deps: AppDeps) {
     mailer,
     logger,
   });
-  return { users, auth, files, limits, realtime, metrics };
+  return { users, auth, files, limits, realtime, metrics, antivirus };
 }
 
 export type Services = ReturnType<typeof createServices>;
@@ -177,7 +191,13 @@ export function listenOptions(config: Pick<Config, "PORT" | "HOST">) {
 /** Builds the whole HTTP application from its dependencies; no I/O happens here. */
 export function createApp(deps: AppDeps, services: Services = createServices(deps)) {
   const { config, db, kv, logger } = deps;
-  const health = createHealthService({ db, kv, version: VERSION, startedAt: deps.startedAt ?? Date.now() });
+  const health = createHealthService({
+    db,
+    kv,
+    version: VERSION,
+    startedAt: deps.startedAt ?? Date.now(),
+    antivirus: services.antivirus,
+  });
   const { users, auth, files, limits, realtime, metrics } = services;
   const guard = authGuard(auth.authenticate);
   const observers = [accessLog(logger), metrics.observer].filter(

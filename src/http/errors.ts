@@ -16,6 +16,7 @@ export type ErrorCode =
   | "RANGE_NOT_SATISFIABLE"
   | "VALIDATION_ERROR"
   | "RATE_LIMITED"
+  | "MALWARE_DETECTED"
   | "INTERNAL_ERROR"
   | "SERVICE_UNAVAILABLE";
 
@@ -61,7 +62,11 @@ export const errors = {
       ...headers,
       "retry-after": String(retryAfterSeconds),
     }),
-  unavailable: () => new AppError(503, "SERVICE_UNAVAILABLE", "Service temporarily unavailable"),
+  unavailable: (message = "Service temporarily unavailable") => new AppError(503, "SERVICE_UNAVAILABLE", message),
+  malware: (signature: string) =>
+    new AppError(422, "MALWARE_DETECTED", "The file contains malware and was not stored", [
+      { field: "file", issue: signature },
+    ]),
 };
 
 /** The contract's error body, for the OpenAPI document. */

@@ -18,7 +18,8 @@ export interface Metrics {
   socketClosed(): void;
   eventPublished(type: string): void;
   eventDelivered(type: string, sockets: number): void;
-  /** later issue: antivirus */
+  /** An upload's scan: clean, infected, or stored unscanned (the scanner failed and CLAMAV_FAIL_OPEN is on). */
+  uploadScanned(result: "clean" | "infected" | "unscanned"): void;
   render(): Promise<{ body: string; contentType: string }>;
 }
 
@@ -61,6 +62,7 @@ export const noMetrics: Metrics = {
   socketClosed: nothing,
   eventPublished: nothing,
   eventDelivered: nothing,
+  uploadScanned: nothing,
   render: async () => ({ body: "", contentType: Registry.PROMETHEUS_CONTENT_TYPE }),
 };
 
@@ -136,6 +138,12 @@ export function createMetrics(sources: MetricsSources): Metrics {
     help: "Bytes of the files stored",
     registers,
   });
+  const scans = new Counter({
+    name: "reviewpoint_upload_scans_total",
+    help: "Uploads scanned for malware, by result (unscanned: stored without a verdict under CLAMAV_FAIL_OPEN)",
+    labelNames: ["result"],
+    registers,
+  });
   const sockets = new Gauge({ name: "reviewpoint_websocket_connections", help: "Open WebSockets", registers });
   const published = new Counter({
     name: "reviewpoint_events_published_total",
@@ -164,6 +172,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
     eventDelivered(type, count) {
       if (count > 0) delivered.inc({ type }, count);
     },
+    uploadScanned: (result) => scans.inc({ result }),
     render: async () => ({ body: await registry.metrics(), contentType: registry.contentType }),
   };
 }

@@ -1,6 +1,7 @@
 import type { FileRow, Role } from "../../db/schema";
 import { hasPermission } from "../../http/auth";
 import { errors, loggableError } from "../../http/errors";
+import { type Scanner, ScannerUnavailableError, type ScanSession, type Verdict } from "../../platform/antivirus";
 import type { Logger } from "../../platform/logger";
 import type { Metrics } from "../../platform/metrics";
 import type { ObjectStorage } from "../../platform/storage";
@@ -34,11 +35,58 @@ export function createFilesService(deps: {
   storage: ObjectStorage;
   config: FilesConfig;
   logger: Logger;
-  metrics: Pick<Metrics, "uploadStored">;
+  metrics: Pick<Metrics, "uploadStored" | "uploadScanned">;
   /** Tells the owner's sockets; defaults to telling no one. */
   notify?: Notify;
+  /** With CLAMAV_URL: every upload is scanned while it streams; `failOpen` stores it unscanned when the scanner fails. */
+  antivirus?: { scanner: Scanner; failOpen: boolean };
 }) {
-  const { repo, storage, config, logger, metrics, notify = () => {} } = deps;
+  const { repo, storage, config, logger, metrics, notify = () => {}, antivirus } = deps;
+
+  /** The scanner could not answer: fail closed (503), or, with fail-open, say so and go on unscanned. */
+  function scannerFailed(ownerId: string, error: ScannerUnavailableError): void {
+    if (!antivirus?.failOpen) {
+      logger.warn("upload refused: virus scanner unavailable", { user_id: ownerId, error: error.message });
+      throw errors.unavailable("The virus scanner is unavailable; try again later");
+    }
+    logger.warn("upload stored unscanned: virus scanner unavailable (CLAMAV_FAIL_OPEN)", {
+      user_id: ownerId,
+      error: error.message,
+    });
+    metrics.uploadScanned("unscanned");
+  }
+
+  /** A scan of the coming upload, taken before its first byte is read (a busy scanner holds the upload back). */
+  async function startScan(ownerId: string): Promise<ScanSession | undefined> {
+    if (!antivirus) return undefined;
+    try {
+      return await antivirus.scanner.start();
+    } catch (error) {
+      if (!(error instanceof ScannerUnavailableError)) throw error;
+      scannerFailed(ownerId, error);
+      return undefined;
+    }
+  }
+
+  /** Throws 422 MALWARE_DETECTED for an infected upload; logs the signature, never the bytes. */
+  async function requireClean(scan: ScanSession | undefined, ownerId: string, filename: string): Promise<void> {
+    if (!scan) return;
+    let verdict: Verdict;
+    try {
+      verdict = await scan.verdict();
+    } catch (error) {
+      if (!(error instanceof ScannerUnavailableError)) throw error;
+      return scannerFailed(ownerId, error);
+    }
+    metrics.uploadScanned(verdict.infected ? "infected" : "clean");
+    if (!verdict.infected) return;
+    logger.warn("malware detected in an upload; not stored", {
+      user_id: ownerId,
+      signature: verdict.signature,
+      filename: cleanFilename(filename),
+    });
+    throw errors.malware(verdict.signature);
+  }
 
   const isAdmin = (viewer: Viewer) => viewer !== undefined && hasPermission(viewer.role, "files:read");
 
@@ -79,11 +127,16 @@ export function createFilesService(deps: {
       if (config.quota !== undefined && (await repo.bytesOf(owner.id)) >= config.quota) {
         throw errors.overQuota(config.quota);
       }
+      const scan = await startScan(owner.id);
       const key = Bun.randomUUIDv7();
-      const pending = await storage.begin(key);
+      const pending = await storage.begin(key).catch((error) => {
+        scan?.abort();
+        throw error;
+      });
       let row: FileRow | undefined;
       try {
-        const received = await receiveUpload(request.body, request.contentType, config, pending);
+        const received = await receiveUpload(request.body, request.contentType, config, pending, scan);
+        await requireClean(scan, owner.id, received.filename);
         const isPublic = received.fields.is_public === undefined ? false : BOOLEAN_FIELD[received.fields.is_public];
         if (isPublic === undefined) throw errors.validation([{ field: "is_public", issue: "Must be true or false" }]);
         await pending.close();
@@ -109,6 +162,7 @@ export function createFilesService(deps: {
         notify(owner.id, "file.uploaded", stored);
         return stored;
       } catch (caught) {
+        scan?.abort();
         let error = caught;
         if (row) {
           // A recovery on another instance may have committed it meanwhile: then it is stored after all.

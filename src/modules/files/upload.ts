@@ -93,6 +93,8 @@ export async function receiveUpload(
   contentType: string,
   limits: UploadLimits,
   pending: PendingObject,
+  /** Gets the file's bytes too, as they go to storage (the virus scanner); awaited alike. */
+  scan?: { write(chunk: Uint8Array): Promise<void> },
 ): Promise<ReceivedUpload> {
   let parser: busboy.Busboy;
   try {
@@ -151,7 +153,7 @@ export async function receiveUpload(
         }
         if (declared.startsWith("text/")) utf8.push(chunk);
         if (Math.floor(current.size / MiB) !== Math.floor((current.size - chunk.byteLength) / MiB)) keepMemoryFlat();
-        pending.write(chunk).then(
+        (scan ? Promise.all([pending.write(chunk), scan.write(chunk)]) : pending.write(chunk)).then(
           () => stream.resume(),
           (error: Error) => {
             fail(error);

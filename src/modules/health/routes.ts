@@ -9,6 +9,12 @@ const HealthReport = t.Object(
     checks: t.Object({
       database: t.Object({ ok: t.Boolean(), latency_ms: t.Number() }),
       cache: t.Object({ ok: t.Boolean(), backend: t.Union([t.Literal("redis"), t.Literal("memory")]) }),
+      antivirus: t.Optional(
+        t.Object(
+          { ok: t.Boolean(), latency_ms: t.Number() },
+          { description: "clamd answering PING; present when CLAMAV_URL is set" },
+        ),
+      ),
     }),
   },
   { title: "HealthReport", description: "Status of the service and its dependencies" },
@@ -17,7 +23,11 @@ const HealthReport = t.Object(
 const Readiness = t.Object(
   {
     status: t.Union([t.Literal("ready"), t.Literal("not_ready")]),
-    checks: t.Object({ database: t.Boolean(), migrations: t.Boolean() }),
+    checks: t.Object({
+      database: t.Boolean(),
+      migrations: t.Boolean(),
+      antivirus: t.Optional(t.Boolean({ description: "Present when CLAMAV_URL is set and CLAMAV_FAIL_OPEN is false" })),
+    }),
   },
   { title: "Readiness", description: "Whether the instance can serve" },
 );
@@ -40,7 +50,8 @@ export function healthRoutes(health: HealthService) {
         detail: {
           operationId: "health_report",
           summary: "Service health",
-          description: "Database and cache status. `degraded` when the cache is unreachable; 503 when the database is.",
+          description:
+            "Database, cache and (with CLAMAV_URL) virus-scanner status. `degraded` when the cache or the scanner is unreachable; 503 when the database is.",
         },
       },
     )

@@ -1,5 +1,6 @@
 import { type Database, pingDatabase } from "../../db/client";
 import { migrationsApplied } from "../../db/migrate";
+import type { Scanner } from "../../platform/antivirus";
 import type { KeyValueStore } from "../../platform/kv";
 
 const CHECK_TIMEOUT_MS = 2000;
@@ -17,40 +18,69 @@ export interface HealthDeps {
   kv: KeyValueStore;
   version: string;
   startedAt: number;
+  /** With CLAMAV_URL: checked by a PING; `required` (fail-open off) makes readiness depend on it. */
+  antivirus?: { scanner: Scanner; required: boolean };
 }
 
-export function createHealthService({ db, kv, version, startedAt }: HealthDeps) {
+const round = (ms: number) => Math.round(ms * 100) / 100;
+
+export function createHealthService({ db, kv, version, startedAt, antivirus }: HealthDeps) {
   async function database() {
     const start = performance.now();
     const ok = await withTimeout(pingDatabase(db), CHECK_TIMEOUT_MS).then(
       () => true,
       () => false,
     );
-    return { ok, latency_ms: Math.round((performance.now() - start) * 100) / 100 };
+    return { ok, latency_ms: round(performance.now() - start) };
+  }
+
+  async function scanner() {
+    if (!antivirus) return undefined;
+    const start = performance.now();
+    const ok = await withTimeout(antivirus.scanner.ping(), CHECK_TIMEOUT_MS).then(
+      () => true,
+      () => false,
+    );
+    return { ok, latency_ms: round(performance.now() - start) };
   }
 
   return {
     async report() {
-      const [databaseCheck, cacheOk] = await Promise.all([
+      const [databaseCheck, cacheOk, antivirusCheck] = await Promise.all([
         database(),
         withTimeout(kv.ping(), CHECK_TIMEOUT_MS).catch(() => false),
+        scanner(),
       ]);
+      const healthy = databaseCheck.ok && cacheOk && antivirusCheck?.ok !== false;
       return {
-        status: databaseCheck.ok && cacheOk ? ("ok" as const) : ("degraded" as const),
+        status: healthy ? ("ok" as const) : ("degraded" as const),
         version,
         uptime_seconds: Math.floor((Date.now() - startedAt) / 1000),
-        checks: { database: databaseCheck, cache: { ok: cacheOk, backend: kv.backend } },
+        checks: {
+          database: databaseCheck,
+          cache: { ok: cacheOk, backend: kv.backend },
+          ...(antivirusCheck && { antivirus: antivirusCheck }),
+        },
       };
     },
 
     async readiness() {
-      const databaseCheck = await database();
+      const [databaseCheck, antivirusCheck] = await Promise.all([
+        database(),
+        antivirus?.required ? scanner() : undefined,
+      ]);
       const migrations = databaseCheck.ok
         ? await withTimeout(migrationsApplied(db), CHECK_TIMEOUT_MS).catch(() => false)
         : false;
+      // Without fail-open, uploads cannot succeed while the scanner is down: take the instance out of rotation.
+      const ready = databaseCheck.ok && migrations && antivirusCheck?.ok !== false;
       return {
-        status: databaseCheck.ok && migrations ? ("ready" as const) : ("not_ready" as const),
-        checks: { database: databaseCheck.ok, migrations },
+        status: ready ? ("ready" as const) : ("not_ready" as const),
+        checks: {
+          database: databaseCheck.ok,
+          migrations,
+          ...(antivirusCheck && { antivirus: antivirusCheck.ok }),
+        },
       };
     },
   };
