@@ -16,6 +16,8 @@ export interface TestClamd {
   /** Stops it (by PID); `start()` runs it again on the same port. */
   stop(): Promise<void>;
   start(): Promise<void>;
+  /** Freezes (SIGSTOP) or thaws (SIGCONT) it: a scanner that accepts connections and never answers. */
+  signal(signal: "SIGSTOP" | "SIGCONT"): void;
   /** Stops it for good and removes its folder. */
   dispose(): Promise<void>;
 }
@@ -57,7 +59,9 @@ export async function startClamd(options: { streamMaxLength?: string } = {}): Pr
       for (let i = 0; i < 300 && !(await pong()); i++) await Bun.sleep(20);
       if (!(await pong())) throw new Error(`clamd did not start: ${await Bun.file(join(dir, "clamd.log")).text()}`);
     },
+    signal: (signal) => server?.kill(signal),
     async stop() {
+      server?.kill("SIGCONT");
       server?.kill("SIGKILL");
       await server?.exited;
     },

@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { CLAMD, EICAR, EICAR_SIGNATURE, startClamd, type TestClamd } from "../../clamd";
-import { API, call, expectError, makeApp, signUp, testBucket, type TestContext } from "../../support";
+import { API, call, expectError, makeApp, signUp, type TestContext, testBucket } from "../../support";
 import { NOTHING, SAMPLES, stored, upload } from "./fixtures";
 
 setDefaultTimeout(30_000);
@@ -93,6 +93,20 @@ describe.skipIf(!CLAMD)("antivirus (clamd; .ci/run installs clamav-daemon)", () 
       expect(await stored(ctx)).toEqual(NOTHING);
     } finally {
       await small.dispose();
+    }
+  });
+
+  test("a scanner that stops answering: 503 after CLAMAV_TIMEOUT_MS, nothing stored", async () => {
+    const own = await startClamd();
+    try {
+      const { ctx, user } = await scanningApp(own, { CLAMAV_TIMEOUT_MS: "500" });
+      expect((await upload(ctx, SAMPLES.text, { token: user.access })).status).toBe(201);
+      own.signal("SIGSTOP");
+      // Without the timeout this upload would wait for the test's own timeout.
+      expectError(await upload(ctx, SAMPLES.text, { token: user.access }), 503, "SERVICE_UNAVAILABLE");
+      expect(await stored(ctx, user.id)).toMatchObject({ rows: 1, objects: 1, temporaries: 0 });
+    } finally {
+      await own.dispose();
     }
   });
 
