@@ -22,17 +22,18 @@ export interface TestClamd {
   dispose(): Promise<void>;
 }
 
-export async function startClamd(options: { streamMaxLength?: string } = {}): Promise<TestClamd> {
+/** TCP on a free port, or with `unixSocket` a socket file in its folder (`unix://` URL). */
+export async function startClamd(options: { streamMaxLength?: string; unixSocket?: boolean } = {}): Promise<TestClamd> {
   const dir = mkdtempSync(join(tmpdir(), "rp-clamd-"));
   const port = freePort();
   // A body signature matching EICAR anywhere in a file (`*`), so it is found inside a PDF too.
   writeFileSync(join(dir, "test.ndb"), `Eicar-Test-Signature:0:*:${Buffer.from(EICAR).toString("hex")}\n`);
   const config = join(dir, "clamd.conf");
+  const socketPath = join(dir, "clamd.ctl");
   writeFileSync(
     config,
     [
-      `TCPSocket ${port}`,
-      "TCPAddr 127.0.0.1",
+      ...(options.unixSocket ? [`LocalSocket ${socketPath}`] : [`TCPSocket ${port}`, "TCPAddr 127.0.0.1"]),
       `DatabaseDirectory ${dir}`,
       "Foreground yes",
       `LogFile ${join(dir, "clamd.log")}`,
@@ -45,7 +46,9 @@ export async function startClamd(options: { streamMaxLength?: string } = {}): Pr
 
   const pong = async () => {
     try {
-      const socket = await Bun.connect({ hostname: "127.0.0.1", port, socket: { data() {} } });
+      const socket = options.unixSocket
+        ? await Bun.connect({ unix: socketPath, socket: { data() {} } })
+        : await Bun.connect({ hostname: "127.0.0.1", port, socket: { data() {} } });
       socket.end();
       return true;
     } catch {
@@ -53,7 +56,7 @@ export async function startClamd(options: { streamMaxLength?: string } = {}): Pr
     }
   };
   const clamd: TestClamd = {
-    url: `tcp://127.0.0.1:${port}`,
+    url: options.unixSocket ? `unix://${socketPath}` : `tcp://127.0.0.1:${port}`,
     async start() {
       server = Bun.spawn([CLAMD as string, "-c", config], { stdout: "ignore", stderr: "ignore" });
       for (let i = 0; i < 300 && !(await pong()); i++) await Bun.sleep(20);

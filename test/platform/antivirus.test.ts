@@ -34,6 +34,18 @@ describe.skipIf(!CLAMD)("clamd scanner (needs clamd: .ci/run installs clamav-dae
     expect(await scanner.ping()).toBeGreaterThan(0);
   });
 
+  test("a unix:// socket works as well as TCP", async () => {
+    const local = await startClamd({ unixSocket: true });
+    try {
+      const scanner = clamdScanner({ url: local.url, timeoutMs: 5000, connections: 1 });
+      expect(local.url).toStartWith("unix:///");
+      expect(await scan(scanner, ["a clean paper"])).toEqual({ infected: false });
+      expect(await scan(scanner, [EICAR])).toEqual({ infected: true, signature: EICAR_SIGNATURE });
+    } finally {
+      await local.dispose();
+    }
+  });
+
   test("a stream over clamd's StreamMaxLength is an error, not a verdict", async () => {
     const scanner = clamdScanner({ url: small.url, timeoutMs: 5000, connections: 1 });
     const megabyte = new Uint8Array(256 * 1024).fill(97);
