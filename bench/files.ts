@@ -13,7 +13,7 @@ export const MiB = 1024 * 1024;
 export const BIG_FILE_BYTES = 200 * MiB;
 /** MAX_UPLOAD_SIZE of the files server: room for the big file. */
 export const UPLOAD_LIMIT_BYTES = 256 * MiB;
-const SMALL_FILE_BYTES = 10 * 1024;
+export const SMALL_FILE_BYTES = 10 * 1024;
 /** Files of the bench user while its list is loaded. */
 export const LIST_FILES = 10_000;
 /** Big uploads (each paired with a `cp`) and big downloads (each paired with the bare server's). */
@@ -40,7 +40,7 @@ export function writeTextFile(path: string, bytes: number): void {
 }
 
 /** A multipart body as curl builds it, one text part `file`; returns its Content-Type. */
-function writeMultipartBody(path: string, fileBytes: number): string {
+export function writeMultipartBody(path: string, fileBytes: number): string {
   const boundary = "------------------------reviewpointbench";
   const content = Buffer.alloc(fileBytes, "0123456789abcdef\n");
   writeFileSync(

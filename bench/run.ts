@@ -9,7 +9,9 @@ import { cpus, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import Redis from "ioredis";
 import postgres from "postgres";
+import { startClamd } from "../test/clamd";
 import { startTestBucket } from "../test/s3";
+import { SCANNED_FILE_BYTES, type ScanLoads, scanLoads } from "./antivirus";
 import {
   BIG_FILE_BYTES,
   type FilesResults,
@@ -46,11 +48,11 @@ const BCRYPT_COST = 12;
 const BCRYPT_SAMPLES = 10;
 // Each of the 4 probe connections sends one request per 10 ms: ~400 req/s of liveness checks.
 const PROBE_DELAY_MS = 10;
-// Postgres and Redis are counted apart (the files rows keep Postgres busy); anything else over this
+// Postgres, Redis and clamd are counted apart (the files rows keep Postgres busy); anything else over this
 // means something else was running.
 const OTHER_CPU_WARNING = 0.1;
 /** Processes that work for the server under test, by /proc/PID/stat name. */
-const STORES = new Set(["postgres", "redis-server"]);
+const STORES = new Set(["postgres", "redis-server", "clamd"]);
 
 const benchStart = performance.now();
 const scratch = mkdtempSync(join(tmpdir(), "reviewpoint-bench-"));
@@ -414,6 +416,27 @@ async function s3Stage(): Promise<{ me: Pair | Unavailable; download: S3Download
   }
 }
 
+/** Two servers alike but for CLAMAV_URL, beside a clamd with a one-signature database (test/clamd.ts). */
+async function antivirusStage(): Promise<ScanLoads | Unavailable> {
+  const clamd = await startClamd({ streamMaxLength: "64M" }).catch((error: Error) => `n/a (clamd: ${error.message})`);
+  if (typeof clamd === "string") return clamd;
+  const limit = { MAX_UPLOAD_SIZE: String(16 * MiB) };
+  const scanning = await startService(
+    serverLaunch("server (clamd)", join(scratch, "data-av-on"), true, { ...limit, CLAMAV_URL: clamd.url }),
+  );
+  const plain = await startService(serverLaunch("server (no scan)", join(scratch, "data-av-off"), true, limit));
+  try {
+    const token = await signIn(plain.url);
+    if (typeof token !== "string") return token;
+    progress("antivirus: uploads of 10 KiB and 5 MiB, scanning vs not");
+    return await scanLoads(scanning, plain, token, scratch);
+  } finally {
+    await stop(scanning.child);
+    await stop(plain.child);
+    await clamd.dispose();
+  }
+}
+
 // ---------------------------------------------------------------- report
 
 interface Target {
@@ -547,6 +570,7 @@ async function main(): Promise<void> {
   const metrics = await metricsStage();
   const realtime = await realtimeStage();
   const storage = await s3Stage();
+  const antivirus = await antivirusStage();
 
   progress("server on PGlite: first start (initdb), then timed starts");
   const pgliteLaunch = serverLaunch("server (PGlite)", join(scratch, "data-pglite"), false);
@@ -759,6 +783,27 @@ async function main(): Promise<void> {
         note: `median of ${download.rounds} pairs; s3rver is a single Node process writing files: it bounds this row, not the server`,
       })),
     ),
+    row(
+      "v1",
+      `POST /uploads ${SMALL_UPLOAD_SHAPE.connections} conns, 10 KiB, clamd on vs off`,
+      "req/s",
+      { on: "ratio", op: ">=", limit: 0.5 },
+      ifMeasured(antivirus, ({ small }) =>
+        againstBaseline(small, `p99 ${ms(small.server.p99Ms)} scanning (${ms(small.baseline.p99Ms)} without)`),
+      ),
+    ),
+    row(
+      "v2",
+      `POST /uploads ${SCANNED_FILE_BYTES / MiB} MiB, clamd on vs off`,
+      "MiB/s",
+      { on: "ratio", op: ">=", limit: 0.5 },
+      ifMeasured(antivirus, ({ big }) => ({
+        value: (big.server.requestsPerSec * SCANNED_FILE_BYTES) / MiB,
+        baseline: (big.baseline.requestsPerSec * SCANNED_FILE_BYTES) / MiB,
+        wrk: big.server,
+        note: `4 connections; p99 ${ms(big.server.p99Ms)} scanning (${ms(big.baseline.p99Ms)} without); median of ratios ${big.ratios.map((r) => r.toFixed(2)).join(", ")}; server ${(big.server.cpuUsPerRequest / 1000).toFixed(1)} CPU-ms/upload (${(big.baseline.cpuUsPerRequest / 1000).toFixed(1)} without)`,
+      })),
+    ),
   ];
 
   const durationSeconds = (performance.now() - benchStart) / 1000;
@@ -770,7 +815,7 @@ async function main(): Promise<void> {
     postgresRedisCpuShare: storesCpu,
   };
   console.log(
-    `\nReViewPoint bench: ${machine.cores} cores, Bun ${machine.bun}, Postgres + Redis used ${(storesCpu * 100).toFixed(0)}% of the CPU, other processes ${(otherCpu * 100).toFixed(0)}%, ${durationSeconds.toFixed(0)} s\n`,
+    `\nReViewPoint bench: ${machine.cores} cores, Bun ${machine.bun}, Postgres, Redis and clamd used ${(storesCpu * 100).toFixed(0)}% of the CPU, other processes ${(otherCpu * 100).toFixed(0)}%, ${durationSeconds.toFixed(0)} s\n`,
   );
   console.log(formatTable(rows));
   if (otherCpu > OTHER_CPU_WARNING) {
@@ -794,6 +839,7 @@ async function main(): Promise<void> {
     metrics,
     realtime,
     storage,
+    antivirus,
   };
   const report = { date: new Date().toISOString(), machine, durationSeconds, rows, raw };
   writeFileSync(RESULTS, `${JSON.stringify(report, null, 2)}\n`);
