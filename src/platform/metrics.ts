@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, Gauge, type Metric, Registry } from "prom-client";
 
 /** What the metrics need of a finished request; the observability hook's record has these and more. */
 export interface RequestSample {
@@ -51,6 +51,61 @@ const PROCESS_COLLECTORS = [
   require("prom-client/lib/metrics/processMaxFileDescriptors"),
 ] as ((registry: Registry, config: object) => void)[];
 
+function entry<K, V>(map: Map<K, V>, key: K, create: () => V): V {
+  let value = map.get(key);
+  if (value === undefined) {
+    value = create();
+    map.set(key, value);
+  }
+  return value;
+}
+
+interface Series {
+  /** Per bucket, not cumulative; the last one is +Inf. */
+  counts: number[];
+  sum: number;
+  count: number;
+}
+
+/**
+ * The request histogram. prom-client's own Histogram validates and hashes the label set at every
+ * observation (~0.3 µs, a few percent of a light request); here one costs three Map lookups (~0.03 µs).
+ * It is rendered by the registry like any metric: something with a name and `get()`.
+ */
+function requestHistogram(name: string, help: string, buckets: number[]) {
+  const series = new Map<string, Map<string, Map<number, Series>>>();
+  const newMap = () => new Map();
+  const newSeries = (): Series => ({ counts: new Array(buckets.length + 1).fill(0), sum: 0, count: 0 });
+  const observe = (method: string, route: string, status: number, seconds: number) => {
+    const one = entry(entry(entry(series, route, newMap), method, newMap), status, newSeries);
+    let bucket = 0;
+    while (bucket < buckets.length && seconds > (buckets[bucket] as number)) bucket++;
+    (one.counts[bucket] as number)++;
+    one.sum += seconds;
+    one.count++;
+  };
+  const get = async () => {
+    const values: { metricName: string; labels: Record<string, string | number>; value: number }[] = [];
+    for (const [route, byMethod] of series) {
+      for (const [method, byStatus] of byMethod) {
+        for (const [status, one] of byStatus) {
+          const labels = { method, route, status };
+          let cumulative = 0;
+          one.counts.forEach((count, i) => {
+            cumulative += count;
+            const le = i < buckets.length ? String(buckets[i]) : "+Inf";
+            values.push({ metricName: `${name}_bucket`, labels: { ...labels, le }, value: cumulative });
+          });
+          values.push({ metricName: `${name}_sum`, labels, value: one.sum });
+          values.push({ metricName: `${name}_count`, labels, value: one.count });
+        }
+      }
+    }
+    return { name, help, type: "histogram", aggregator: "sum", values };
+  };
+  return { observe, metric: { name, help, type: "histogram", get } as unknown as Metric };
+}
+
 const nothing = () => {};
 
 /** The twin for METRICS_ENABLED=false: every call does nothing, and no hook is added to requests. */
@@ -79,14 +134,13 @@ export function createMetrics(sources: MetricsSources): Metrics {
     registers,
   }).set({ version: sources.version, bun: Bun.version }, 1);
 
-  // Its `_count` is the request counter: one label-set lookup per request instead of two.
-  const requests = new Histogram({
-    name: "reviewpoint_http_request_duration_seconds",
-    help: "HTTP requests by method, route template and status, and how long they took",
-    labelNames: ["method", "route", "status"],
-    buckets: LATENCY_BUCKETS,
-    registers,
-  });
+  // Its `_count` is the request counter: one observation per request, not two.
+  const requests = requestHistogram(
+    "reviewpoint_http_request_duration_seconds",
+    "HTTP requests by method, route template and status, and how long they took",
+    LATENCY_BUCKETS,
+  );
+  registry.registerMetric(requests.metric);
 
   const { pool, cache } = sources;
   new Gauge({
@@ -159,8 +213,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
   });
 
   return {
-    observer: (sample) =>
-      requests.observe({ method: sample.method, route: sample.route, status: sample.status }, sample.durationMs / 1000),
+    observer: (sample) => requests.observe(sample.method, sample.route, sample.status, sample.durationMs / 1000),
     uploadStored(bytes) {
       uploads.inc();
       uploadBytes.inc(bytes);

@@ -180,6 +180,23 @@ describe("createMetrics", () => {
     expect(sampleOf(body, "reviewpoint_db_pool_size")).toBe(4);
   });
 
+  test("the request histogram: cumulative buckets (a bound is inclusive), +Inf = count, the sum in seconds", async () => {
+    const metrics = createMetrics(sources(async () => true));
+    const route = { method: "POST", route: "/api/v1/uploads", status: "201" };
+    for (const durationMs of [0.5, 1, 1.5, 30, 20_000]) {
+      metrics.observer?.({ method: "POST", route: "/api/v1/uploads", status: 201, durationMs });
+    }
+    metrics.observer?.({ method: "POST", route: "/api/v1/uploads", status: 413, durationMs: 2 });
+    const { body } = await metrics.render();
+    const bucket = (le: string) => sampleOf(body, `${REQUESTS}_bucket`, { ...route, le });
+    expect([bucket("0.001"), bucket("0.0025"), bucket("0.025"), bucket("0.05"), bucket("10"), bucket("+Inf")]).toEqual([
+      2, 3, 3, 4, 4, 5,
+    ]);
+    expect(sampleOf(body, `${REQUESTS}_count`, route)).toBe(5);
+    expect(sampleOf(body, `${REQUESTS}_sum`, route)).toBeCloseTo(20.033, 6);
+    expect(sampleOf(body, `${REQUESTS}_count`, { ...route, status: "413" })).toBe(1);
+  });
+
   test("a cache that does not answer, or fails, is down", async () => {
     for (const ping of [async () => false, () => Promise.reject(new Error("ECONNREFUSED"))]) {
       const { body } = await createMetrics(sources(ping)).render();
