@@ -439,11 +439,8 @@ async function antivirusStage(): Promise<ScanLoads | Unavailable> {
 
 // ---------------------------------------------------------------- report
 
-interface Target {
-  on: "ratio" | "value";
-  op: ">=" | "<";
-  limit: number;
-}
+/** What a row must reach; `report` rows only measure (the issue set no target for them). */
+type Target = { on: "ratio" | "value"; op: ">=" | "<"; limit: number } | { on: "report" };
 
 interface Row {
   id: string;
@@ -453,7 +450,7 @@ interface Row {
   baseline: number | null;
   ratio: number | null;
   target: string;
-  result: "PASS" | "FAIL" | "n/a";
+  result: "PASS" | "FAIL" | "n/a" | "report";
   note: string;
 }
 
@@ -474,7 +471,11 @@ function wrkProblems(result: WrkResult): string[] {
 
 function row(id: string, name: string, unit: string, target: Target, measure: Measure | Unavailable): Row {
   const targetText =
-    target.on === "ratio" ? `ratio ${target.op} ${target.limit.toFixed(2)}` : `${target.op} ${target.limit} ${unit}`;
+    target.on === "report"
+      ? "none set"
+      : target.on === "ratio"
+        ? `ratio ${target.op} ${target.limit.toFixed(2)}`
+        : `${target.op} ${target.limit} ${unit}`;
   if (typeof measure === "string") {
     return {
       id,
@@ -490,7 +491,9 @@ function row(id: string, name: string, unit: string, target: Target, measure: Me
   }
   const ratio = measure.baseline ? measure.value / measure.baseline : null;
   const subject = target.on === "ratio" ? ratio : measure.value;
-  const met = subject !== null && (target.op === ">=" ? subject >= target.limit : subject < target.limit);
+  const met =
+    target.on === "report" ||
+    (subject !== null && (target.op === ">=" ? subject >= target.limit : subject < target.limit));
   const problems = measure.wrk ? wrkProblems(measure.wrk) : [];
   return {
     id,
@@ -500,7 +503,7 @@ function row(id: string, name: string, unit: string, target: Target, measure: Me
     baseline: measure.baseline ?? null,
     ratio,
     target: targetText,
-    result: met && problems.length === 0 ? "PASS" : "FAIL",
+    result: problems.length > 0 || !met ? "FAIL" : target.on === "report" ? "report" : "PASS",
     note: [measure.note ?? "", ...problems].filter(Boolean).join("; "),
   };
 }
@@ -707,7 +710,7 @@ async function main(): Promise<void> {
       "g4",
       `POST /uploads 10 KiB, ${SMALL_UPLOAD_SHAPE.connections} conns`,
       "req/s",
-      { on: "ratio", op: ">=", limit: 0.1 },
+      { on: "report" },
       ifMeasured(filesRows.small, (small) =>
         againstBaseline(
           small,
@@ -769,14 +772,14 @@ async function main(): Promise<void> {
       "s1",
       "GET /users/me, S3 storage vs disk",
       "req/s",
-      { on: "ratio", op: ">=", limit: 0.9 },
+      { on: "report" },
       ifMeasured(storage.me, (me) => againstBaseline(me, "baseline: the same server on the local disk")),
     ),
     row(
       "s2",
       "10 MiB download, S3 (s3rver) vs disk",
       "MiB/s",
-      { on: "ratio", op: ">=", limit: 0.1 },
+      { on: "report" },
       ifMeasured(storage.download, (download) => ({
         value: download.s3MibPerSec,
         baseline: download.diskMibPerSec,
@@ -787,7 +790,7 @@ async function main(): Promise<void> {
       "v1",
       `POST /uploads ${SMALL_UPLOAD_SHAPE.connections} conns, 10 KiB, clamd on vs off`,
       "req/s",
-      { on: "ratio", op: ">=", limit: 0.5 },
+      { on: "report" },
       ifMeasured(antivirus, ({ small }) =>
         againstBaseline(small, `p99 ${ms(small.server.p99Ms)} scanning (${ms(small.baseline.p99Ms)} without)`),
       ),
@@ -796,7 +799,7 @@ async function main(): Promise<void> {
       "v2",
       `POST /uploads ${SCANNED_FILE_BYTES / MiB} MiB, clamd on vs off`,
       "MiB/s",
-      { on: "ratio", op: ">=", limit: 0.5 },
+      { on: "report" },
       ifMeasured(antivirus, ({ big }) => ({
         value: (big.server.requestsPerSec * SCANNED_FILE_BYTES) / MiB,
         baseline: (big.baseline.requestsPerSec * SCANNED_FILE_BYTES) / MiB,
