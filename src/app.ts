@@ -23,7 +23,7 @@ import { filesRoutes, UPLOAD_PATHS } from "./modules/files/routes";
 import { createFilesService } from "./modules/files/service";
 import { healthRoutes } from "./modules/health/routes";
 import { createHealthService } from "./modules/health/service";
-import { realtimeRoutes, WEBSOCKET_OPTIONS } from "./modules/realtime/routes";
+import { realtimeRoutes, websocketOptions } from "./modules/realtime/routes";
 import { createRealtime } from "./modules/realtime/service";
 import { createUsersRepo } from "./modules/users/repo";
 import { usersRoutes } from "./modules/users/routes";
@@ -204,7 +204,7 @@ export function createApp(deps: AppDeps, services: Services = createServices(dep
     (observer): observer is RequestObserver => observer !== undefined,
   );
 
-  const app = new Elysia({ websocket: WEBSOCKET_OPTIONS })
+  const app = new Elysia({ websocket: websocketOptions(config.WS_IDLE_TIMEOUT_SECONDS) })
     // On the root app: a plugin's start hook inside a group is never called. Delivery needs the server.
     .onStart(({ server }) => {
       if (server) void realtime.start(server);

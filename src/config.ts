@@ -69,6 +69,8 @@ const EnvSchema = T.Object({
   METRICS_ENABLED: T.Boolean({ default: true }),
   // The characters a bearer token may have (RFC 6750), so a token with a space fails here, not at every scrape.
   METRICS_TOKEN: T.Optional(T.String({ pattern: "^[A-Za-z0-9._~+/-]+=*$" })),
+  // Bun pings a socket quiet this long and closes one that stays silent (a dead peer).
+  WS_IDLE_TIMEOUT_SECONDS: T.Integer({ minimum: 1, maximum: 960, default: 60 }),
   CLAMAV_URL: T.Optional(T.String({ pattern: "^(tcp://[^/:]+:\\d+/?|unix:///.+)$" })),
   CLAMAV_TIMEOUT_MS: T.Integer({ minimum: 100, maximum: 600_000, default: 30_000 }),
   CLAMAV_FAIL_OPEN: T.Boolean({ default: false }),

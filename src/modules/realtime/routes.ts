@@ -7,12 +7,12 @@ import { NotificationBody, NotificationSent } from "./model";
 import type { Connection, Realtime } from "./service";
 
 /** Server-wide socket settings (Bun applies them to every socket, never per route). */
-export const WEBSOCKET_OPTIONS = {
+export const websocketOptions = (idleTimeoutSeconds: number) => ({
   // Bun pings a quiet socket; one that does not answer within this is closed.
-  idleTimeout: 60,
+  idleTimeout: idleTimeoutSeconds,
   // Larger than the 64 KiB we accept, so an oversize message gets an `error` message, not a dropped socket.
   maxPayloadLength: 1024 * 1024,
-};
+});
 
 const JWT = /^[\w-]+\.[\w-]+\.[\w-]+$/;
 

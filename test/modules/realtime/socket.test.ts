@@ -21,6 +21,7 @@ import {
   TEST_DATABASE_URL,
   TEST_REDIS_URL,
   type TestContext,
+  testConfig,
   testStore,
 } from "../../support";
 import { SAMPLES, upload } from "../files/fixtures";
@@ -192,6 +193,38 @@ describe("the client's messages", () => {
     expect(closed.code).toBe(1008);
     expect(client.received("error").some((m) => m.data.code === "RATE_LIMITED")).toBe(true);
   });
+});
+
+describe("idle sockets", () => {
+  test("a peer that never answers Bun's pings is closed after WS_IDLE_TIMEOUT_SECONDS", async () => {
+    const server = await instance(memoryPubSub(), { config: testConfig({ WS_IDLE_TIMEOUT_SECONDS: "1" }) });
+    const user = await signUp(server.ctx.app);
+    const { port } = new URL(server.base);
+    // A raw TCP client: Bun's own WebSocket client would answer the pings.
+    let received = "";
+    let closed!: () => void;
+    const ended = new Promise<void>((resolve) => {
+      closed = resolve;
+    });
+    const socket = await Bun.connect({
+      hostname: "127.0.0.1",
+      port: Number(port),
+      socket: {
+        data(_, bytes) {
+          received += Buffer.from(bytes).toString("latin1");
+        },
+        close: () => closed(),
+      },
+    });
+    socket.write(
+      `GET ${API}/ws?token=${user.access} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    await ended;
+    expect(received).toStartWith("HTTP/1.1 101");
+    expect(received).toContain("connection.established");
+    // Bun checks idle sockets on a coarse timer: the close came after ~11 s here.
+  }, 40_000);
 });
 
 describe("events", () => {
