@@ -227,7 +227,7 @@ export function createApp(deps: AppDeps, services: Services = createServices(dep
         .use(authRoutes({ auth, users, guard, limits: limits.perRoute }))
         .use(usersRoutes({ users, guard }))
         .use(filesRoutes({ files, guard, limits: limits.perRoute }))
-        .use(realtimeRoutes({ realtime, authenticate: auth.authenticate, guard })),
+        .use(realtimeRoutes({ realtime, authenticate: auth.authenticate, guard, logger })),
     );
   return app.use(openapiRoute(app, DOCUMENTATION, { formBodies: FORM_ROUTES, apiPrefix: API_PREFIX }));
 }

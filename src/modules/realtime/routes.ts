@@ -1,7 +1,8 @@
 import type { ServerWebSocket } from "bun";
 import { Elysia, t } from "elysia";
 import { type AuthGuard, BEARER_SECURITY, requireRole } from "../../http/auth";
-import { errorResponses, errors } from "../../http/errors";
+import { errorResponses, errors, loggableError } from "../../http/errors";
+import type { Logger } from "../../platform/logger";
 import type { Principal } from "../auth/model";
 import { NotificationBody, NotificationSent } from "./model";
 import type { Connection, Realtime } from "./service";
@@ -37,8 +38,9 @@ export function realtimeRoutes<P extends Pick<Principal, "user">>(deps: {
   realtime: Realtime;
   authenticate: (authorization: string | undefined) => Promise<Principal>;
   guard: AuthGuard<P>;
+  logger: Logger;
 }) {
-  const { realtime, authenticate, guard } = deps;
+  const { realtime, authenticate, guard, logger } = deps;
   return new Elysia()
     .use(guard)
     .get(
@@ -58,17 +60,33 @@ export function realtimeRoutes<P extends Pick<Principal, "user">>(deps: {
           subscribe: (topic) => ws.subscribe(topic),
           unsubscribe: (topic) => ws.unsubscribe(topic),
         });
+        // A throw in a socket handler is uncaught by anyone above it and would end the process.
+        const guarded = (what: string, work: () => void) => {
+          try {
+            work();
+          } catch (error) {
+            logger.error("socket handler failed", {
+              event: what,
+              user_id: principal.user.id,
+              error: loggableError(error),
+            });
+          }
+        };
         const data = {
           // Called by Elysia's server-wide socket handlers, with Bun's raw message.
           open(ws: ServerWebSocket<SocketData>) {
-            ws.data.connection = adapt(ws);
-            realtime.opened(ws.data.connection);
+            guarded("open", () => {
+              ws.data.connection = adapt(ws);
+              realtime.opened(ws.data.connection);
+            });
           },
           message(ws: ServerWebSocket<SocketData>, raw: string | Buffer) {
-            if (ws.data.connection) realtime.received(ws.data.connection, raw);
+            const { connection } = ws.data;
+            if (connection) guarded("message", () => realtime.received(connection, raw));
           },
           close(ws: ServerWebSocket<SocketData>) {
-            if (ws.data.connection) realtime.closed(ws.data.connection);
+            const { connection } = ws.data;
+            if (connection) guarded("close", () => realtime.closed(connection));
           },
         } satisfies SocketData & Record<string, unknown>;
         const upgraded = server?.upgrade(request, {

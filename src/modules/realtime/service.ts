@@ -44,13 +44,16 @@ const RECHECK_ALL_MS = 30_000;
 
 const topicOf = (to: string | null, type: EventType) => (to ? `u:${to}:${type}` : `all:${type}`);
 
+/** A client's value, fit to quote in an error: never `String()` on it (`{"toString": null}` throws). */
+const quoted = (value: unknown) => (typeof value === "string" ? value.slice(0, 64) : `(${typeof value})`);
+
 /** `{type: "subscribe", events: [...]}` (or inside `data`): the event names asked for, or an error text. */
 function requestedEvents(message: Record<string, unknown>): EventType[] | string {
   const data = message.data as Record<string, unknown> | undefined;
   const events = message.events ?? data?.events;
   if (!Array.isArray(events) || events.length === 0) return "events must be a non-empty array of event names";
   const unknown = events.filter((name) => !EVENT_TYPES.includes(name as EventType));
-  if (unknown.length > 0) return `Unknown events: ${unknown.slice(0, 5).map(String).join(", ")}`;
+  if (unknown.length > 0) return `Unknown events: ${unknown.slice(0, 5).map(quoted).join(", ")}`;
   return events as EventType[];
 }
 
@@ -197,7 +200,7 @@ export function createRealtime(deps: {
         follow(connection, events, type === "subscribe");
         return reply(connection, "subscription.acknowledged", { action: type, events });
       }
-      refuse(connection, "UNKNOWN_TYPE", `Unknown message type: ${String(type).slice(0, 64)}`);
+      refuse(connection, "UNKNOWN_TYPE", `Unknown message type: ${quoted(type)}`);
     },
 
     closed(connection: Connection) {

@@ -176,6 +176,11 @@ describe("the client's messages", () => {
     expect((await client.next("error")).data.code).toBe("INVALID_MESSAGE");
     client.send({ type: "dance" });
     expect((await client.next("error")).data.code).toBe("UNKNOWN_TYPE");
+    // Values whose conversion to a string throws once killed the process.
+    client.send({ type: { toString: null, valueOf: null } });
+    expect((await client.next("error")).data.message).toBe("Unknown message type: (object)");
+    client.send({ type: "subscribe", events: [{ toString: 1 }] });
+    expect((await client.next("error")).data.code).toBe("INVALID_MESSAGE");
     client.send({ type: "ping", pad: "x".repeat(70 * 1024) });
     expect((await client.next("error")).data.code).toBe("MESSAGE_TOO_LARGE");
 
