@@ -38,14 +38,14 @@ export function memoryPubSub(): PubSub {
 /**
  * Redis pub/sub on one channel per database number (channels ignore SELECT, so two deployments or
  * test runs on one Redis would otherwise hear each other). ioredis resubscribes after a reconnect;
- * Bun's own client does not (PITFALLS).
+ * Bun's own client does not (PITFALLS). Nothing waits for Redis: an instance starts while it is down
+ * (publishing fails and is logged meanwhile) and joins the bus once it is back.
  */
-export async function redisPubSub(url: string, logger: Logger): Promise<PubSub> {
+export function redisPubSub(url: string, logger: Logger): PubSub {
   const options = connectionOptions(url);
   const channel = `rp:${options.db}:events`;
   const common = {
     ...options,
-    lazyConnect: true,
     connectTimeout: 2000,
     retryStrategy: (attempt: number) => Math.min(attempt * 200, 2000),
   };
@@ -74,8 +74,10 @@ export async function redisPubSub(url: string, logger: Logger): Promise<PubSub> 
     if (from !== channel) return;
     for (const handler of handlers) handler(message);
   });
-  await Promise.all([publisher.connect(), subscriber.connect()]);
-  await subscriber.subscribe(channel);
+  // Queued until the connection is ready (the subscriber keeps an offline queue), then kept across reconnects.
+  subscriber
+    .subscribe(channel)
+    .catch((error: Error) => logger.warn("pub/sub subscribe failed", { error: error.message }));
   return {
     backend: "redis",
     async publish(message) {
@@ -123,7 +125,7 @@ export function createPubSub(
   urls: { redis: string | undefined; postgres: string | undefined },
   logger: Logger,
 ): Promise<PubSub> {
-  if (urls.redis) return redisPubSub(urls.redis, logger);
+  if (urls.redis) return Promise.resolve(redisPubSub(urls.redis, logger));
   if (urls.postgres) return postgresPubSub(urls.postgres);
   return Promise.resolve(memoryPubSub());
 }

@@ -27,10 +27,11 @@ export interface RealtimeMetrics {
   eventDelivered(type: string, sockets: number): void;
 }
 
-/** What travels between instances. */
-type BusMessage =
+/** What travels between instances; `from` is the publishing instance, which delivered it itself. */
+type BusMessage = { from?: string } & (
   | { kind: "event"; to: string | null; message: ServerMessage<EventType> }
-  | { kind: "access"; userId: string };
+  | { kind: "access"; userId: string }
+);
 
 export const MAX_MESSAGE_BYTES = 64 * 1024;
 /** Messages a socket may send per second; past that it is told, and past three times that it is closed. */
@@ -70,13 +71,16 @@ export function createRealtime(deps: {
   stillAllowed: (claims: Claims) => Promise<boolean>;
 }) {
   const { pubsub, logger, metrics, stillAllowed } = deps;
+  const instance = crypto.randomUUID();
   const connections = new Map<string, Set<Connection>>();
   const counters = new WeakMap<Connection, { second: number; count: number }>();
   let server: TopicServer | undefined;
   let recheckTimer: ReturnType<typeof setInterval> | undefined;
 
+  /** Delivered here at once (so this instance's sockets never depend on the bus), and to the others by the bus. */
   function publish(message: BusMessage) {
-    pubsub.publish(JSON.stringify(message)).catch((error: Error) => {
+    deliver(message);
+    pubsub.publish(JSON.stringify({ ...message, from: instance })).catch((error: Error) => {
       logger.warn("publishing an event failed", { kind: message.kind, error: error.message });
     });
   }
@@ -157,7 +161,8 @@ export function createRealtime(deps: {
       server = topics;
       await pubsub.subscribe((text) => {
         try {
-          deliver(JSON.parse(text) as BusMessage);
+          const message = JSON.parse(text) as BusMessage;
+          if (message.from !== instance) deliver(message);
         } catch (error) {
           logger.warn("unreadable bus message", { error: (error as Error).message });
         }

@@ -302,6 +302,20 @@ describe("events", () => {
   });
 });
 
+describe("a bus that is down", () => {
+  test("this instance's sockets still get their events, and a logout still closes them", async () => {
+    const down: PubSub = { ...memoryPubSub(), publish: () => Promise.reject(new Error("bus down")) };
+    const server = await instance(down);
+    const owner = await signUp(server.ctx.app);
+    const client = await Client.open(socketUrl(server, owner));
+    const uploaded = await upload(server.ctx, SAMPLES.text, { token: owner.access });
+    expect((await client.next("file.uploaded")).data.id).toBe(uploaded.json.id);
+    expect((await call(server.ctx.app, "POST", `${API}/auth/logout`, { token: owner.access })).status).toBe(204);
+    expect((await client.closed).code).toBe(4401);
+    expect(server.ctx.logs.some((line) => line.includes("publishing an event failed"))).toBe(true);
+  });
+});
+
 describe("two instances on one bus", () => {
   async function pair() {
     const shared = await bus();
