@@ -94,21 +94,54 @@ export function redisPubSub(url: string, logger: Logger): PubSub {
   };
 }
 
+/** NOTIFY refuses payloads of 8000 bytes or more; a longer message goes in parts of this many bytes. */
+const NOTIFY_PART_BYTES = 7000;
+/** A part's prefix: `~<message id> <index> <count> ` then base64 (ASCII, so byte counts are exact). */
+const PART = /^~(\S+) (\d+) (\d+) (.*)$/s;
+const PART_TTL_MS = 10_000;
+
 /**
  * Postgres LISTEN/NOTIFY, for instances that share a Postgres but no Redis. postgres.js listens on a
- * connection of its own and listens again after a reconnect. A payload is limited to 8000 bytes.
+ * connection of its own and listens again after a reconnect. A message too long for one NOTIFY (a bio of
+ * 5000 non-Latin characters) is sent in parts inside one transaction, which Postgres delivers together
+ * and in order, and put back together by each listener.
  */
 export async function postgresPubSub(url: string): Promise<PubSub> {
   const channel = "reviewpoint_events";
   const client = postgres(url, { max: 1, connect_timeout: 5, onnotice: () => {} });
   const handlers = new Set<MessageHandler>();
-  await client.listen(channel, (message) => {
+  const partial = new Map<string, string[]>();
+  const dispatch = (message: string) => {
     for (const handler of handlers) handler(message);
+  };
+  await client.listen(channel, (payload) => {
+    const part = PART.exec(payload);
+    if (!part) return dispatch(payload);
+    const [, id = "", index, count, data = ""] = part;
+    const parts = partial.get(id) ?? [];
+    if (!partial.has(id)) {
+      partial.set(id, parts);
+      // A part lost with a dropped connection must not keep the rest forever.
+      setTimeout(() => partial.delete(id), PART_TTL_MS).unref?.();
+    }
+    parts[Number(index)] = data;
+    if (parts.filter((p) => p !== undefined).length < Number(count)) return;
+    partial.delete(id);
+    dispatch(Buffer.from(parts.join(""), "base64").toString("utf8"));
   });
   return {
     backend: "postgres",
     async publish(message) {
-      await client.notify(channel, message);
+      if (Buffer.byteLength(message) < NOTIFY_PART_BYTES) return void (await client.notify(channel, message));
+      const encoded = Buffer.from(message).toString("base64");
+      const id = crypto.randomUUID();
+      const count = Math.ceil(encoded.length / NOTIFY_PART_BYTES);
+      await client.begin(async (tx) => {
+        for (let index = 0; index < count; index++) {
+          const data = encoded.slice(index * NOTIFY_PART_BYTES, (index + 1) * NOTIFY_PART_BYTES);
+          await tx`select pg_notify(${channel}, ${`~${id} ${index} ${count} ${data}`})`;
+        }
+      });
     },
     async subscribe(handler) {
       handlers.add(handler);

@@ -400,6 +400,10 @@ describe.skipIf(!TEST_DATABASE_URL)("two instances on one Postgres, no Redis (LI
     const client = await Client.open(socketUrl(b, owner));
     const uploaded = await upload(a.ctx, SAMPLES.text, { token: owner.access });
     expect((await client.next("file.uploaded")).data.id).toBe(uploaded.json.id);
+    // 9,000 bytes of bio: more than one NOTIFY can carry, so it travels in parts.
+    const bio = "ж".repeat(4500);
+    await call(a.ctx.app, "PATCH", `${API}/users/me`, { token: owner.access, body: { bio } });
+    expect((await client.next("user.updated")).data.bio).toBe(bio);
     expect((await call(a.ctx.app, "POST", `${API}/auth/logout`, { token: owner.access })).status).toBe(204);
     expect((await client.closed).code).toBe(4401);
   });
