@@ -228,7 +228,8 @@ export function errorMapper(logger: Logger) {
       mapped = new AppError(500, "INTERNAL_ERROR", "Internal server error");
     } else if (error instanceof StorageUnavailableError) {
       logger.warn("storage unavailable", { request_id: requestId, error: error.message });
-    } else if (mapped.status === 503) {
+    } else if (mapped.status === 503 && !(error instanceof AppError)) {
+      // A 503 a service threw (the virus scanner) was logged where it happened, with its cause.
       logger.warn("database unavailable", { request_id: requestId, error: databaseCause(error)?.message });
     }
     set.status = mapped.status;

@@ -12,6 +12,8 @@ export interface ScanSession {
    * throws: a failure is kept and reported by `verdict()`, so an upload may go on without a scan.
    */
   write(chunk: Uint8Array): Promise<void>;
+  /** Set once a write failed: no verdict will come. */
+  readonly failure: ScannerUnavailableError | undefined;
   /** Ends the stream and waits for the answer; throws ScannerUnavailableError. */
   verdict(): Promise<Verdict>;
   /** Drops the scan (the upload failed); frees the connection. */
@@ -19,8 +21,11 @@ export interface ScanSession {
 }
 
 export interface Scanner {
-  /** Waits for one of the bounded connections (at most the timeout) and opens a scan. */
-  start(): Promise<ScanSession>;
+  /**
+   * Waits for one of the bounded connections (at most the timeout) and opens a scan. Scans of one `owner`
+   * also wait for one of the owner's few slots, so one user's slow uploads cannot hold every connection.
+   */
+  start(owner?: string): Promise<ScanSession>;
   /** Round trip of a PING, in ms; throws ScannerUnavailableError. */
   ping(): Promise<number>;
 }
@@ -44,6 +49,8 @@ function slots(size: number, timeoutMs: number) {
     else free++;
   };
   return {
+    /** Nobody holds or waits for a slot. */
+    idle: () => free === size && queue.length === 0,
     async acquire(): Promise<() => void> {
       if (free > 0) {
         free--;
@@ -106,10 +113,43 @@ function readVerdict(answer: string): Verdict {
  * scans run at once; an upload waits for a free one (that wait, the connection, every chunk's
  * acceptance and the final answer are each bounded by `timeoutMs`).
  */
-export function clamdScanner(options: { url: string; timeoutMs: number; connections: number }): Scanner {
+export function clamdScanner(options: {
+  url: string;
+  timeoutMs: number;
+  connections: number;
+  /** Scans of one owner at once; by default half the connections, so one user never holds them all. */
+  perOwner?: number;
+}): Scanner {
   const address = parseClamdUrl(options.url);
   const { timeoutMs } = options;
   const pool = slots(options.connections, timeoutMs);
+  const owners = new Map<string, ReturnType<typeof slots>>();
+  const perOwner = options.perOwner ?? Math.max(1, Math.floor(options.connections / 2));
+
+  /** The owner's slot, then a connection slot; the release returns both. */
+  async function acquire(owner: string | undefined): Promise<() => void> {
+    if (owner === undefined) return pool.acquire();
+    const own = owners.get(owner) ?? slots(perOwner, timeoutMs);
+    owners.set(owner, own);
+    const releaseOwn = await own.acquire().catch((error) => {
+      if (own.idle()) owners.delete(owner);
+      throw error;
+    });
+    const releaseOwnAndForget = () => {
+      releaseOwn();
+      if (own.idle()) owners.delete(owner);
+    };
+    try {
+      const releaseConnection = await pool.acquire();
+      return () => {
+        releaseConnection();
+        releaseOwnAndForget();
+      };
+    } catch (error) {
+      releaseOwnAndForget();
+      throw error;
+    }
+  }
 
   /** The whole answer, once clamd closes (or the socket fails). */
   function answerOf(socket: net.Socket): Promise<string> {
@@ -128,8 +168,8 @@ export function clamdScanner(options: { url: string; timeoutMs: number; connecti
   }
 
   return {
-    async start() {
-      const release = await pool.acquire();
+    async start(owner) {
+      const release = await acquire(owner);
       let socket: net.Socket;
       try {
         socket = await connect(address, timeoutMs);
@@ -139,7 +179,7 @@ export function clamdScanner(options: { url: string; timeoutMs: number; connecti
       }
       const answer = answerOf(socket);
       answer.catch(() => {});
-      let failure: Error | undefined;
+      let failure: ScannerUnavailableError | undefined;
       let finished = false;
       const send = async (bytes: Uint8Array) => {
         if (socket.write(bytes)) return;
@@ -163,6 +203,9 @@ export function clamdScanner(options: { url: string; timeoutMs: number; connecti
         throw new ScannerUnavailableError(`virus scanner failed: ${(error as Error).message}`);
       }
       return {
+        get failure() {
+          return failure;
+        },
         async write(chunk) {
           if (failure || finished || chunk.byteLength === 0) return;
           const length = Buffer.alloc(4);
@@ -216,6 +259,7 @@ export function markerScanner(markers: Record<string, string>): Scanner {
       let tail: Buffer = Buffer.alloc(0);
       let found: string | undefined;
       return {
+        failure: undefined,
         async write(chunk) {
           if (found) return;
           const window = Buffer.concat([tail, chunk]);

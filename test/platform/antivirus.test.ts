@@ -69,6 +69,17 @@ describe.skipIf(!CLAMD)("clamd scanner (needs clamd: .ci/run installs clamav-dae
     for (const session of held) session.abort();
   });
 
+  test("one owner's scans take at most its own share of connections; another owner's go ahead", async () => {
+    const scanner = clamdScanner({ url: clamd.url, timeoutMs: 300, connections: 4, perOwner: 2 });
+    const slow = [await scanner.start("slowloris"), await scanner.start("slowloris")];
+    expect(await scanner.start("slowloris").catch((error: Error) => error.message)).toContain("busy");
+    const other = await scanner.start("someone-else");
+    await other.write(encoder.encode("a paper"));
+    expect(await other.verdict()).toEqual({ infected: false });
+    for (const session of slow) session.abort();
+    expect(await (await scanner.start("slowloris")).verdict()).toEqual({ infected: false });
+  });
+
   test("an unreachable scanner is ScannerUnavailableError, at start and at ping", async () => {
     const scanner = clamdScanner({ url: `tcp://127.0.0.1:${freePort()}`, timeoutMs: 500, connections: 1 });
     expect(await scanner.start().catch((error) => error)).toBeInstanceOf(ScannerUnavailableError);

@@ -56,16 +56,33 @@ export function createFilesService(deps: {
     metrics.uploadScanned("unscanned");
   }
 
-  /** A scan of the coming upload, taken before its first byte is read (a busy scanner holds the upload back). */
+  /**
+   * A scan of the coming upload, taken before its first byte is read (a busy scanner holds the upload
+   * back; the scanner also bounds each user's share of its connections). Without fail-open a failed
+   * write ends the upload at once (503) instead of reading the rest of a body nobody can scan.
+   */
   async function startScan(ownerId: string): Promise<ScanSession | undefined> {
     if (!antivirus) return undefined;
+    let session: ScanSession;
     try {
-      return await antivirus.scanner.start();
+      session = await antivirus.scanner.start(ownerId);
     } catch (error) {
       if (!(error instanceof ScannerUnavailableError)) throw error;
       scannerFailed(ownerId, error);
       return undefined;
     }
+    if (antivirus.failOpen) return session;
+    return {
+      get failure() {
+        return session.failure;
+      },
+      async write(chunk) {
+        await session.write(chunk);
+        if (session.failure) scannerFailed(ownerId, session.failure);
+      },
+      verdict: () => session.verdict(),
+      abort: () => session.abort(),
+    };
   }
 
   /** Throws 422 MALWARE_DETECTED for an infected upload; logs the signature, never the bytes. */
