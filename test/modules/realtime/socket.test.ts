@@ -329,6 +329,15 @@ describe("two instances on one bus", () => {
     return { a, b };
   }
 
+  /** A user registered on `a` with two login sessions, each with a socket on `on`. */
+  async function twoSessions(a: Instance, on: Instance) {
+    const user = await signUp(a.ctx.app);
+    const other = await login(a.ctx.app, user.username);
+    const first = await Client.open(socketUrl(on, user));
+    const second = await Client.open(socketUrl(on, { access: other.access_token }));
+    return { user, first, second };
+  }
+
   test("an upload on A reaches the owner's socket on B", async () => {
     const { a, b } = await pair();
     const owner = await signUp(a.ctx.app);
@@ -340,12 +349,7 @@ describe("two instances on one bus", () => {
 
   test("a logout on A closes that session's socket on B with 4401; another session's socket stays", async () => {
     const { a, b } = await pair();
-    const user = await signUp(a.ctx.app);
-    const second = await login(a.ctx.app, user.username);
-    const [ended, kept] = [
-      await Client.open(socketUrl(b, user)),
-      await Client.open(socketUrl(b, { access: second.access_token })),
-    ];
+    const { user, first: ended, second: kept } = await twoSessions(a, b);
     expect((await call(a.ctx.app, "POST", `${API}/auth/logout`, { token: user.access })).status).toBe(204);
     expect(await ended.closed).toEqual({ code: 4401, reason: "Session ended" });
     await kept.sync();
@@ -369,12 +373,7 @@ describe("two instances on one bus", () => {
 
   test("a password change on A closes the other sessions' sockets on B, not the changing one's", async () => {
     const { a, b } = await pair();
-    const user = await signUp(a.ctx.app);
-    const other = await login(a.ctx.app, user.username);
-    const [current, elsewhere] = [
-      await Client.open(socketUrl(b, user)),
-      await Client.open(socketUrl(b, { access: other.access_token })),
-    ];
+    const { user, first: current, second: elsewhere } = await twoSessions(a, b);
     const res = await call(a.ctx.app, "POST", `${API}/users/me/password`, {
       token: user.access,
       body: { current_password: user.password, new_password: "another-secret-1" },
