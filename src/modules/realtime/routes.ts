@@ -1,11 +1,11 @@
 import type { ServerWebSocket } from "bun";
 import { Elysia, t } from "elysia";
 import { type AuthGuard, BEARER_SECURITY, requireRole } from "../../http/auth";
-import { errorResponses, errors, loggableError } from "../../http/errors";
+import { AppError, errorResponses, errors, loggableError } from "../../http/errors";
 import type { Logger } from "../../platform/logger";
 import type { Principal } from "../auth/model";
 import { NotificationBody, NotificationSent } from "./model";
-import type { Connection, Realtime } from "./service";
+import { type Connection, type Realtime, SOCKETS_PER_USER } from "./service";
 
 /** Server-wide socket settings (Bun applies them to every socket, never per route). */
 export const websocketOptions = (idleTimeoutSeconds: number) => ({
@@ -52,6 +52,11 @@ export function realtimeRoutes<P extends Pick<Principal, "user">>(deps: {
         if (request.headers.get("upgrade")?.toLowerCase() !== "websocket") {
           throw errors.badRequest("Expected a WebSocket upgrade");
         }
+        if (realtime.socketsOf(principal.user.id) >= SOCKETS_PER_USER) {
+          throw new AppError(429, "RATE_LIMITED", `At most ${SOCKETS_PER_USER} open sockets per user`, [], {
+            "retry-after": "60",
+          });
+        }
         const adapt = (ws: ServerWebSocket<SocketData>): Connection => ({
           userId: principal.user.id,
           claims: principal.claims,
@@ -97,7 +102,7 @@ export function realtimeRoutes<P extends Pick<Principal, "user">>(deps: {
       },
       {
         query: t.Object({ token: t.Optional(t.String({ maxLength: 4096 })) }),
-        response: { 101: t.Void({ description: "Switching protocols" }), ...errorResponses(400, 401) },
+        response: { 101: t.Void({ description: "Switching protocols" }), ...errorResponses(400, 401, 429) },
         detail: {
           tags: ["realtime"],
           operationId: "realtime_socket",

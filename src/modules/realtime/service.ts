@@ -36,6 +36,8 @@ type BusMessage = { from?: string } & (
 export const MAX_MESSAGE_BYTES = 64 * 1024;
 /** Messages a socket may send per second; past that it is told, and past three times that it is closed. */
 export const MESSAGES_PER_SECOND = 10;
+/** Sockets one user may hold on one instance; more are refused before the upgrade (429). */
+export const SOCKETS_PER_USER = 20;
 /** Closed with this when the token's session ends, its user is deactivated or the password changes. */
 export const CLOSE_UNAUTHORIZED = 4401;
 export const CLOSE_GOING_AWAY = 1001;
@@ -172,6 +174,9 @@ export function createRealtime(deps: {
       }, RECHECK_ALL_MS);
       recheckTimer.unref?.();
     },
+
+    /** How many sockets the user holds on this instance. */
+    socketsOf: (userId: string) => connections.get(userId)?.size ?? 0,
 
     opened(connection: Connection) {
       const sockets = connections.get(connection.userId) ?? new Set();

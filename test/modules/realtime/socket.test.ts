@@ -189,6 +189,24 @@ describe("the client's messages", () => {
     client.close();
   });
 
+  test("a user holds at most 20 sockets on an instance; the 21st is refused with 429 before the upgrade", async () => {
+    const server = await instance(memoryPubSub());
+    const user = await signUp(server.ctx.app);
+    const held = await Promise.all(Array.from({ length: 20 }, () => Client.open(socketUrl(server, user))));
+    const headers = {
+      connection: "Upgrade",
+      upgrade: "websocket",
+      "sec-websocket-version": "13",
+      "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+    };
+    const refused = await fetch(socketUrl(server, user).replace("ws:", "http:"), { headers });
+    expectError({ status: refused.status, json: await refused.json() }, 429, "RATE_LIMITED");
+    held[0]?.close();
+    await held[0]?.closed;
+    const again = await Client.open(socketUrl(server, user));
+    for (const client of [...held, again]) client.close();
+  });
+
   test("a flood is told to slow down, then closed with 1008", async () => {
     const server = await instance(memoryPubSub());
     const user = await signUp(server.ctx.app);
