@@ -1,6 +1,6 @@
 import { afterAll, beforeEach } from "bun:test";
 import Redis from "ioredis";
-import { closeTestStores, TEST_REDIS_URL, testDatabase, truncateAll } from "./support";
+import { closeTestStores, removeScratchDirs, TEST_REDIS_URL, testDatabase, truncateAll } from "./support";
 
 const redis = TEST_REDIS_URL ? new Redis(TEST_REDIS_URL) : undefined;
 
@@ -11,6 +11,7 @@ beforeEach(async () => {
 });
 
 afterAll(async () => {
+  removeScratchDirs();
   redis?.disconnect();
   await closeTestStores();
 });

@@ -1,5 +1,5 @@
 import { expect } from "bun:test";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { eq, sql } from "drizzle-orm";
@@ -66,6 +66,19 @@ export async function truncateAll(db: Database): Promise<void> {
   );
 }
 
+const scratchDirs: string[] = [];
+
+/** A folder of the test's own under the system's temporary folder, removed by `removeScratchDirs`. */
+export function scratchDir(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  scratchDirs.push(dir);
+  return dir;
+}
+
+export function removeScratchDirs(): void {
+  for (const dir of scratchDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+}
+
 export function testConfig(overrides: Record<string, string> = {}): Config {
   return loadConfig({
     ENVIRONMENT: "test",
@@ -73,7 +86,7 @@ export function testConfig(overrides: Record<string, string> = {}): Config {
     RATE_LIMIT_ENABLED: "false",
     DATA_DIR: "/tmp/reviewpoint-test",
     // Each app its own upload folder, so a test can count what was stored.
-    UPLOAD_DIR: mkdtempSync(join(tmpdir(), "rp-uploads-")),
+    UPLOAD_DIR: scratchDir("rp-uploads-"),
     ...overrides,
   });
 }
