@@ -22,12 +22,14 @@ export function observability(observers: RequestObserver[]) {
     .onRequest(({ request }) => {
       started.set(request, performance.now());
     })
-    .onAfterResponse({ as: "global" }, ({ request, set, route }) => {
+    .onAfterResponse({ as: "global" }, ({ request, set, route, responseValue }) => {
       const start = started.get(request);
+      // A route that returns a Response of its own (a download's 206 or 304) leaves `set.status` at 200.
+      const status = responseValue instanceof Response ? responseValue.status : set.status;
       const record: RequestRecord = {
         method: request.method,
         route: route || "unmatched",
-        status: typeof set.status === "number" ? set.status : 200,
+        status: typeof status === "number" ? status : 200,
         durationMs: start === undefined ? 0 : Math.round((performance.now() - start) * 100) / 100,
         requestId: String(set.headers["x-request-id"] ?? ""),
       };

@@ -107,6 +107,20 @@ describe("GET /metrics", () => {
     expect(sampleOf(text, "reviewpoint_upload_bytes_total")).toBe(SAMPLES.text.byteLength + SAMPLES.pdf.byteLength);
   });
 
+  test("a download's own 206 and 304 are counted as 206 and 304, not 200", async () => {
+    const ctx = await makeApp();
+    const user = await signUp(ctx.app);
+    const file = (await upload(ctx, SAMPLES.text, { token: user.access })).json;
+    const path = `${API}/uploads/${file.id}/download`;
+    const headers = (extra: Record<string, string>) => ({ token: user.access, headers: extra });
+    expect((await call(ctx.app, "GET", path, headers({ range: "bytes=0-1" }))).status).toBe(206);
+    expect((await call(ctx.app, "GET", path, headers({ "if-none-match": `"${file.file_hash}"` }))).status).toBe(304);
+    const route = `${API}/uploads/:id/download`;
+    await expectSample(ctx, `${REQUESTS}_count`, { method: "GET", route, status: "206" }, 1);
+    await expectSample(ctx, `${REQUESTS}_count`, { method: "GET", route, status: "304" }, 1);
+    expect(sampleOf(await scrape(ctx), `${REQUESTS}_count`, { method: "GET", route, status: "200" })).toBeUndefined();
+  });
+
   test("rate-limit rejections by rule; the cache backend is up", async () => {
     const ctx = await makeApp({ RATE_LIMIT_ENABLED: "true", TRUST_PROXY: "true", RATE_LIMIT_REGISTER: "1/hour" });
     // An address of its own: with TEST_REDIS_URL the counters outlive the run.
