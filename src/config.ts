@@ -229,6 +229,13 @@ function parseStorage(env: Env, uploadDir: string): StorageSetting {
     throw new ConfigError("config: STORAGE_URL s3:// needs S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY");
   }
   const prefix = path.replace(/^\/+|\/+$/g, "");
+  // `..` would take path-style requests to another bucket; `.`, empty segments and backslashes alias other prefixes.
+  const segments = prefix === "" ? [] : prefix.split("/");
+  if (segments.some((segment) => segment === "" || segment === "." || segment === ".." || segment.includes("\\"))) {
+    throw new ConfigError(
+      `config: STORAGE_URL's PREFIX must be plain path segments (no empty, "." or ".." segment, no backslash) (got ${JSON.stringify(maskCredentials(url))})`,
+    );
+  }
   return {
     kind: "s3",
     bucket,

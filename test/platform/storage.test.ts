@@ -199,6 +199,12 @@ describe("STORAGE_URL", () => {
       [{ STORAGE_URL: "s3://papers/x", S3_ACCESS_KEY_ID: "id" }, "S3_SECRET_ACCESS_KEY"],
       [{ STORAGE_URL: "file://relative/path" }, "STORAGE_URL"],
       [{ STORAGE_URL: "gs://papers" }, "STORAGE_URL"],
+      // A prefix that would leave the bucket (path-style requests) or alias another prefix.
+      [{ STORAGE_URL: "s3://papers/../other-bucket", ...s3 }, "STORAGE_URL"],
+      [{ STORAGE_URL: "s3://papers/a/../../other", ...s3 }, "STORAGE_URL"],
+      [{ STORAGE_URL: "s3://papers/a//b", ...s3 }, "STORAGE_URL"],
+      [{ STORAGE_URL: "s3://papers/./a", ...s3 }, "STORAGE_URL"],
+      [{ STORAGE_URL: "s3://papers/a\\b", ...s3 }, "STORAGE_URL"],
       [{ STORAGE_URL: "s3://papers", ...s3, S3_ENDPOINT: "ftp://id:a-secret-value@host" }, "S3_ENDPOINT"],
     ] as const) {
       const message = failure(env);
