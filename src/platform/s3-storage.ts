@@ -115,6 +115,10 @@ export function s3Storage(setting: S3Setting): ObjectStorage {
       await s3("delete", () => client.delete(markerOf(key)));
     },
 
+    async retire(key) {
+      await s3("write", () => client.write(markerOf(key), ""));
+    },
+
     read(key, range) {
       const file = client.file(objectOf(key));
       // A stream, not the S3File: Bun answers `new Response(s3File)` with a redirect to the bucket.

@@ -1,4 +1,4 @@
-import { type FileHandle, mkdir, open, readdir, rename, rm, stat } from "node:fs/promises";
+import { type FileHandle, link, mkdir, open, readdir, rename, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 
 /** Bytes being written under a key chosen beforehand; nobody reads them before their row exists. */
@@ -42,6 +42,12 @@ export interface ObjectStorage {
    * there once closed, and the marker that made them a temporary goes.
    */
   commit(key: string): Promise<void>;
+  /**
+   * Makes a stored object a temporary again while it stays readable, before its row goes: if deleting
+   * its bytes then fails, the start-up sweep finds a temporary without a row and removes it. A commit
+   * undoes it. Nothing to do for a key with no object.
+   */
+  retire(key: string): Promise<void>;
   /** The object's bytes, or the inclusive byte range [start, end], streamed when sent as a body. */
   read(key: string, range?: { start: number; end: number }): Blob | ReadableStream<Uint8Array>;
   stat(key: string): Promise<{ size: number } | undefined>;
@@ -119,6 +125,18 @@ export function diskStorage(root: string): ObjectStorage {
     async commit(key) {
       const target = pathOf(key);
       await inFolder(target, () => rename(temporaryOf(key), target));
+      // A retired object's temporary is a second link to the same file, which rename leaves in place.
+      await rm(temporaryOf(key), { force: true });
+    },
+
+    async retire(key) {
+      // A hard link: the object stays where readers find it, and the temporary names the same bytes.
+      await inFolder(temporaryOf(key), () => link(pathOf(key), temporaryOf(key))).catch((error) => {
+        const code = (error as NodeJS.ErrnoException).code;
+        if (code === "EEXIST") return;
+        if (code === "ENOENT") return stat(pathOf(key)).then(() => Promise.reject(error), () => undefined);
+        throw error;
+      });
     },
 
     read(key, range) {

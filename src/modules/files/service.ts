@@ -28,6 +28,9 @@ export interface Download {
   body: ReturnType<ObjectStorage["read"]> | null;
 }
 
+/** Keys retired at once when a user is deleted (each an empty write on S3). */
+const RETIRE_BATCH = 16;
+
 const BOOLEAN_FIELD: Record<string, boolean> = { true: true, false: false, "1": true, "0": false };
 
 export function createFilesService(deps: {
@@ -260,10 +263,18 @@ export function createFilesService(deps: {
 
     /** The row first, then the bytes: a failure in between leaves unreachable bytes, never a row without them. */
     async delete(viewer: NonNullable<Viewer>, id: string): Promise<void> {
-      await owned(viewer, id, "files:delete");
+      const found = await owned(viewer, id, "files:delete");
+      // Retired first (a storage outage is a 503 with nothing changed): bytes a failed delete leaves
+      // behind are then a temporary without a row, which the start-up sweep removes.
+      await storage.retire(found.storageKey);
       const row = await repo.delete(id);
       if (!row) throw errors.notFound("File");
-      await storage.delete(row.storageKey);
+      await storage.delete(row.storageKey).catch((error: Error) =>
+        logger.warn("a deleted file's bytes are left for the start-up sweep", {
+          storage_key: row.storageKey,
+          error: error.message,
+        }),
+      );
       notify(row.ownerId, "file.deleted", { id: row.id });
     },
 
@@ -273,6 +284,10 @@ export function createFilesService(deps: {
      */
     async bytesRemover(ownerId: string): Promise<() => Promise<void>> {
       const keys = await repo.storageKeysOf(ownerId);
+      // As for one file: whatever the removal afterwards fails to delete, the start-up sweep will.
+      for (let at = 0; at < keys.length; at += RETIRE_BATCH) {
+        await Promise.all(keys.slice(at, at + RETIRE_BATCH).map((key) => storage.retire(key)));
+      }
       return () => storage.delete(...keys);
     },
 

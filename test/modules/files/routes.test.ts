@@ -1,7 +1,9 @@
 import { describe, expect, test } from "bun:test";
+import { eq } from "drizzle-orm";
 import { createServices, openStorage } from "../../../src/app";
 import { files } from "../../../src/db/schema";
 import { cleanFilename } from "../../../src/modules/files/model";
+import { StorageUnavailableError } from "../../../src/platform/storage";
 import { API, call, expectError, makeApp, promote, signUp, type TestContext } from "../../support";
 import { backdateTemporary, NOTHING, SAMPLES, sha256, stored, upload } from "./fixtures";
 
@@ -335,6 +337,53 @@ describe("who sees what", () => {
     expect(await stored(ctx)).toEqual({ objects: 1, temporaries: 0, rows: 1 });
     expect((await call(ctx.app, "DELETE", `${API}/users/${user.id}`, { token: admin.access })).status).toBe(204);
     expect(await stored(ctx)).toEqual(NOTHING);
+  });
+});
+
+describe("deleting while storage fails", () => {
+  test("bytes a failed delete leaves are a temporary without a row, which the sweep removes; a failed retire changes nothing", async () => {
+    const base = await makeApp();
+    const real = openStorage(base.deps.config.storage);
+    let failing: "retire" | "delete" | undefined;
+    const broken = new StorageUnavailableError("write", new Error("bucket unreachable"));
+    const storage = {
+      ...real,
+      retire: (key: string) => (failing === "retire" ? Promise.reject(broken) : real.retire(key)),
+      delete: (...keys: string[]) => (failing === "delete" ? Promise.reject(broken) : real.delete(...keys)),
+    };
+    const ctx = await makeApp({}, { config: base.deps.config, storage });
+    const user = await signUp(ctx.app);
+    const kept = (await upload(ctx, "kept", { token: user.access })).json.id;
+    const gone = (await upload(ctx, "gone", { token: user.access })).json.id;
+
+    failing = "retire";
+    expectError(
+      await call(ctx.app, "DELETE", `${API}/uploads/${kept}`, { token: user.access }),
+      503,
+      "SERVICE_UNAVAILABLE",
+    );
+    expect(await stored(ctx)).toEqual({ objects: 2, temporaries: 0, rows: 2 });
+
+    failing = "delete";
+    expect((await call(ctx.app, "DELETE", `${API}/uploads/${gone}`, { token: user.access })).status).toBe(204);
+    expect(await stored(ctx)).toEqual({ objects: 2, temporaries: 1, rows: 1 });
+    expect(ctx.logs.some((line) => line.includes("left for the start-up sweep"))).toBe(true);
+
+    failing = undefined;
+    const services = createServices(ctx.deps);
+    // Old enough for the sweep: on disk the temporary is the object's own (old) file; on S3 a fresh marker.
+    expect(await services.files.recover(-60_000)).toEqual({ committed: 0, removed: 1 });
+    expect(await stored(ctx)).toEqual({ objects: 1, temporaries: 0, rows: 1 });
+    const download = await call(ctx.app, "GET", `${API}/uploads/${kept}/download`, { token: user.access });
+    expect(download.text).toBe("kept");
+
+    // Retired, then the row's deletion failed: the sweep finds a row and commits it back.
+    const [row] = await ctx.deps.db.orm.select().from(files).where(eq(files.id, kept));
+    await real.retire(row?.storageKey as string);
+    expect(await stored(ctx)).toEqual({ objects: 1, temporaries: 1, rows: 1 });
+    expect(await services.files.recover(-60_000)).toEqual({ committed: 1, removed: 0 });
+    expect(await stored(ctx)).toEqual({ objects: 1, temporaries: 0, rows: 1 });
+    expect((await call(ctx.app, "GET", `${API}/uploads/${kept}/download`, { token: user.access })).text).toBe("kept");
   });
 });
 
