@@ -15,9 +15,10 @@ export function parseRange(header: string | null, size: number): RangeRequest {
     return suffix === 0 || size === 0 ? "unsatisfiable" : { start: Math.max(0, size - suffix), end: size - 1 };
   }
   const start = Number(first);
+  // `bytes=3-2` is invalid, not unsatisfiable: ignored (the whole file), whatever the size.
+  if (last !== "" && Number(last) < start) return undefined;
   if (start >= size) return "unsatisfiable";
-  const end = last === "" ? size - 1 : Math.min(Number(last), size - 1);
-  return end < start ? undefined : { start, end };
+  return { start, end: last === "" ? size - 1 : Math.min(Number(last), size - 1) };
 }
 
 /** True when an `If-None-Match` header names this entity tag (weakly compared, as for GET). */
