@@ -131,12 +131,15 @@ export function diskStorage(root: string): ObjectStorage {
 
     async retire(key) {
       // A hard link: the object stays where readers find it, and the temporary names the same bytes.
-      await inFolder(temporaryOf(key), () => link(pathOf(key), temporaryOf(key))).catch((error) => {
+      try {
+        await inFolder(temporaryOf(key), () => link(pathOf(key), temporaryOf(key)));
+      } catch (error) {
         const code = (error as NodeJS.ErrnoException).code;
-        if (code === "EEXIST") return;
-        if (code === "ENOENT") return stat(pathOf(key)).then(() => Promise.reject(error), () => undefined);
+        if (code === "EEXIST") return; // retired already
+        // No object under the key: nothing to retire.
+        if (code === "ENOENT" && !(await stat(pathOf(key)).catch(() => undefined))) return;
         throw error;
-      });
+      }
     },
 
     read(key, range) {
