@@ -116,6 +116,8 @@ export function s3Storage(setting: S3Setting): ObjectStorage {
     },
 
     async retire(key) {
+      // A key that is not one of ours names nothing stored here (as for `delete`).
+      if (!isStorageKey(key)) return;
       await s3("write", () => client.write(markerOf(key), ""));
     },
 

@@ -130,6 +130,8 @@ export function diskStorage(root: string): ObjectStorage {
     },
 
     async retire(key) {
+      // A key that is not one of ours names nothing stored here (as for `delete`).
+      if (!isStorageKey(key)) return;
       // A hard link: the object stays where readers find it, and the temporary names the same bytes.
       try {
         await inFolder(temporaryOf(key), () => link(pathOf(key), temporaryOf(key)));
