@@ -53,7 +53,8 @@ describe.skipIf(!CLAMD)("clamd scanner (needs clamd: .ci/run installs clamav-dae
     for (let i = 0; i < 8; i++) await session.write(megabyte);
     const error = await session.verdict().catch((caught: Error) => caught);
     expect(error).toBeInstanceOf(ScannerUnavailableError);
-    expect((error as Error).message).toContain("size limit exceeded");
+    // clamd answers and closes at once: the answer is read, or a write meets the closed socket first.
+    expect((error as Error).message).toMatch(/size limit exceeded|EPIPE|ECONNRESET/);
   });
 
   test("connections are bounded: a third scan waits for a free one, or gives up after the timeout", async () => {
