@@ -40,15 +40,20 @@ export interface HeldSockets {
   idleCpuPercent: number;
 }
 
-/** HELD_SOCKETS authenticated sockets on one instance: its resident set, then its CPU while they idle. */
-export async function heldSockets(server: Service, token: string): Promise<HeldSockets> {
+/**
+ * HELD_SOCKETS authenticated sockets on one instance, spread over `tokens` (a user may hold 20 on an
+ * instance): its resident set, then its CPU while they idle.
+ */
+export async function heldSockets(server: Service, tokens: string[]): Promise<HeldSockets> {
   const pid = server.child.pid;
   const rssBeforeMiB = rssMiB(pid);
   const sockets: WebSocket[] = [];
   try {
     // In batches: a thousand handshakes at once would measure the accept queue, not the holding.
     for (let i = 0; i < HELD_SOCKETS; i += 50) {
-      const batch = Array.from({ length: Math.min(50, HELD_SOCKETS - i) }, () => openSocket(socketUrl(server, token)));
+      const batch = Array.from({ length: Math.min(50, HELD_SOCKETS - i) }, (_, j) =>
+        openSocket(socketUrl(server, tokens[(i + j) % tokens.length] as string)),
+      );
       sockets.push(...(await Promise.all(batch)));
     }
     await Bun.sleep(2000);
