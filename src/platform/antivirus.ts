@@ -1,4 +1,5 @@
 import net from "node:net";
+import { withTimeout } from "./timeout";
 
 export type Verdict = { infected: false } | { infected: true; signature: string };
 
@@ -78,13 +79,8 @@ function slots(size: number, timeoutMs: number) {
 }
 
 /** Rejects with ScannerUnavailableError when `work` takes longer than `ms`. */
-function within<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new ScannerUnavailableError(`virus scanner: no ${what} within ${ms} ms`)), ms);
-  });
-  return Promise.race([work, late]).finally(() => clearTimeout(timer));
-}
+const within = <T>(work: Promise<T>, ms: number, what: string): Promise<T> =>
+  withTimeout(work, ms, () => new ScannerUnavailableError(`virus scanner: no ${what} within ${ms} ms`));
 
 function connect(address: ClamdAddress, timeoutMs: number): Promise<net.Socket> {
   const socket = "path" in address ? net.connect(address.path) : net.connect(address.port, address.host);

@@ -61,8 +61,7 @@ export function createFilesService(deps: {
 
   /**
    * A scan of the coming upload, taken before its first byte is read (a busy scanner holds the upload
-   * back; the scanner also bounds each user's share of its connections). Without fail-open a failed
-   * write ends the upload at once (503) instead of reading the rest of a body nobody can scan.
+   * back; the scanner also bounds each user's share of its connections).
    */
   async function startScan(ownerId: string): Promise<ScanSession | undefined> {
     if (!antivirus) return undefined;
@@ -74,17 +73,20 @@ export function createFilesService(deps: {
       scannerFailed(ownerId, error);
       return undefined;
     }
-    if (antivirus.failOpen) return session;
+    return session;
+  }
+
+  /**
+   * Where the bytes go besides storage: the scan. Without fail-open a failed write ends the upload at
+   * once (503) instead of reading the rest of a body nobody can scan.
+   */
+  function scanSink(scan: ScanSession | undefined, ownerId: string) {
+    if (!scan || antivirus?.failOpen) return scan;
     return {
-      get failure() {
-        return session.failure;
+      async write(chunk: Uint8Array) {
+        await scan.write(chunk);
+        if (scan.failure) scannerFailed(ownerId, scan.failure);
       },
-      async write(chunk) {
-        await session.write(chunk);
-        if (session.failure) scannerFailed(ownerId, session.failure);
-      },
-      verdict: () => session.verdict(),
-      abort: () => session.abort(),
     };
   }
 
@@ -155,7 +157,13 @@ export function createFilesService(deps: {
       });
       let row: FileRow | undefined;
       try {
-        const received = await receiveUpload(request.body, request.contentType, config, pending, scan);
+        const received = await receiveUpload(
+          request.body,
+          request.contentType,
+          config,
+          pending,
+          scanSink(scan, owner.id),
+        );
         await requireClean(scan, owner.id, received.filename);
         const isPublic = received.fields.is_public === undefined ? false : BOOLEAN_FIELD[received.fields.is_public];
         if (isPublic === undefined) throw errors.validation([{ field: "is_public", issue: "Must be true or false" }]);

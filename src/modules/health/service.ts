@@ -2,17 +2,10 @@ import { type Database, pingDatabase } from "../../db/client";
 import { migrationsApplied } from "../../db/migrate";
 import type { Scanner } from "../../platform/antivirus";
 import type { KeyValueStore } from "../../platform/kv";
+import { withTimeout } from "../../platform/timeout";
 
 const CHECK_TIMEOUT_MS = 2000;
 const SCANNER_CHECK_REUSE_MS = 1000;
-
-function withTimeout<T>(work: Promise<T>, ms: number): Promise<T> {
-  let timer: Timer | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
-  });
-  return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
-}
 
 export interface HealthDeps {
   db: Database;
