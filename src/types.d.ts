@@ -15,3 +15,8 @@ declare module "redoc/bundles/*" {
   const path: string;
   export default path;
 }
+// Migrations are imported `with { type: "text" }`: their SQL, compiled into the program.
+declare module "*.sql" {
+  const text: string;
+  export default text;
+}

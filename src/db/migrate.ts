@@ -1,32 +1,55 @@
-import { existsSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { createHash } from "node:crypto";
 import { sql } from "drizzle-orm";
-import { readMigrationFiles } from "drizzle-orm/migrator";
-import { migrate } from "drizzle-orm/postgres-js/migrator";
-import type { Database } from "./client";
+import type { MigrationMeta } from "drizzle-orm/migrator";
+import type { Database, Orm } from "./client";
+import { JOURNAL, MIGRATION_SQL } from "./migrations";
 
 /** Any constant shared by every instance; it names the migration lock in pg_locks. */
 const MIGRATION_LOCK_KEY = 7_240_311;
 
-/** Inside the binary the folder is embedded beside the bundle (`--asset ./drizzle`); in a checkout it is at the root. */
-export function migrationsDir(): string {
-  const embedded = join(import.meta.dir, "drizzle");
-  return existsSync(join(embedded, "meta", "_journal.json")) ? embedded : resolve(import.meta.dir, "../../drizzle");
-}
-
-/** Applies pending migrations; safe when several instances start at once. Returns how many were pending. */
-export async function runMigrations(db: Database): Promise<number> {
-  // The usual start: nothing pending, so no need for the lock's extra connection.
-  if (await migrationsApplied(db)) return 0;
-  const migrationsFolder = migrationsDir();
-  return db.exclusive(MIGRATION_LOCK_KEY, async (orm) => {
-    const before = await appliedCount(db);
-    await migrate(orm, { migrationsFolder });
-    return readMigrationFiles({ migrationsFolder }).length - before;
+/**
+ * The embedded migrations in the form Drizzle's migrator takes, as `readMigrationFiles` would build them
+ * from the folder (same statements, same hash), so databases migrated from files before stay in step.
+ */
+export function embeddedMigrations(): MigrationMeta[] {
+  return JOURNAL.map((entry) => {
+    const text = MIGRATION_SQL[entry.tag];
+    if (text === undefined) throw new Error(`migration ${entry.tag} is not embedded (src/db/migrations.ts)`);
+    return {
+      sql: text.split("--> statement-breakpoint"),
+      bps: entry.breakpoints,
+      folderMillis: entry.when,
+      hash: createHash("sha256").update(text).digest("hex"),
+    };
   });
 }
 
-async function appliedCount(db: Database): Promise<number> {
+/** Drizzle's own migrator, fed from memory instead of a folder. */
+async function applyMigrations(orm: Orm, migrations: MigrationMeta[]): Promise<void> {
+  const { dialect, session } = orm as unknown as {
+    dialect: { migrate(m: MigrationMeta[], s: unknown, c: object): Promise<void> };
+    session: unknown;
+  };
+  await dialect.migrate(migrations, session, {});
+}
+
+/**
+ * Applies pending migrations (the first `upTo` of them when given); safe when several instances start at
+ * once. Returns how many were pending.
+ */
+export async function runMigrations(db: Database, upTo?: number): Promise<number> {
+  const migrations = embeddedMigrations().slice(0, upTo);
+  // The usual start: nothing pending, so no need for the lock's extra connection.
+  if ((await appliedCount(db)) >= migrations.length) return 0;
+  return db.exclusive(MIGRATION_LOCK_KEY, async (orm) => {
+    const before = await appliedCount(db);
+    await applyMigrations(orm, migrations);
+    return Math.max(0, migrations.length - before);
+  });
+}
+
+/** How many migrations the database has applied. */
+export async function appliedCount(db: Database): Promise<number> {
   const exists = await db.orm.execute<{ present: boolean }>(
     sql`select to_regclass('drizzle.__drizzle_migrations') is not null as present`,
   );
@@ -37,15 +60,12 @@ async function appliedCount(db: Database): Promise<number> {
   return rowsOf<{ count: number }>(result)[0]?.count ?? 0;
 }
 
-let embeddedCount: number | undefined;
-
 /** True when every embedded migration has been applied to the database. */
 export async function migrationsApplied(db: Database): Promise<boolean> {
-  embeddedCount ??= readMigrationFiles({ migrationsFolder: migrationsDir() }).length;
-  return (await appliedCount(db)) >= embeddedCount;
+  return (await appliedCount(db)) >= JOURNAL.length;
 }
 
 // postgres.js returns the rows array itself; PGlite returns `{ rows }`.
-function rowsOf<T>(result: unknown): T[] {
+export function rowsOf<T>(result: unknown): T[] {
   return Array.isArray(result) ? (result as T[]) : ((result as { rows: T[] }).rows ?? []);
 }

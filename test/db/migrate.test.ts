@@ -1,11 +1,15 @@
 import { describe, expect, test } from "bun:test";
 import { readdirSync } from "node:fs";
+import { join } from "node:path";
 import { sql } from "drizzle-orm";
 import { connectPostgres, type Database, openPglite } from "../../src/db/client";
-import { migrationsApplied, migrationsDir, runMigrations } from "../../src/db/migrate";
+import { migrationsApplied, runMigrations } from "../../src/db/migrate";
+import { JOURNAL, MIGRATION_SQL } from "../../src/db/migrations";
 import { scratchPostgres, TEST_DATABASE_URL } from "../support";
 
-const migrationCount = readdirSync(migrationsDir()).filter((name) => name.endsWith(".sql")).length;
+const DRIZZLE = join(import.meta.dir, "..", "..", "drizzle");
+const migrationFiles = readdirSync(DRIZZLE).filter((name) => name.endsWith(".sql"));
+const migrationCount = migrationFiles.length;
 
 /** A brand-new, empty database of the run's kind; dropped again by `dispose`. */
 async function emptyDatabase(): Promise<{ open: () => Database | Promise<Database>; dispose: () => Promise<void> }> {
@@ -37,6 +41,13 @@ async function tableNames(db: Database): Promise<string[]> {
 }
 
 describe("migrations", () => {
+  test("every generated migration is embedded, byte for byte, in the journal's order", async () => {
+    expect(JOURNAL.map((entry) => `${entry.tag}.sql`)).toEqual(migrationFiles.sort());
+    for (const entry of JOURNAL) {
+      expect(MIGRATION_SQL[entry.tag]).toBe(await Bun.file(join(DRIZZLE, `${entry.tag}.sql`)).text());
+    }
+  });
+
   test("apply on an empty database, then a re-run applies nothing", async () => {
     const scratch = await emptyDatabase();
     try {
