@@ -3,12 +3,13 @@
  * binary migrates wherever it runs (`import.meta.dir` inside a `--bytecode` binary names the build tree).
  * `bun run db:generate` writes a new `drizzle/NNNN_*.sql`: import it here too (a test fails until it is).
  */
-import journal from "../../drizzle/meta/_journal.json" with { type: "json" };
+
 import m0000 from "../../drizzle/0000_init.sql" with { type: "text" };
 import m0001 from "../../drizzle/0001_auth_change_seq.sql" with { type: "text" };
 import m0002 from "../../drizzle/0002_auth_change_triggers.sql" with { type: "text" };
 import m0003 from "../../drizzle/0003_auth_cache_replay.sql" with { type: "text" };
 import m0004 from "../../drizzle/0004_file_stats.sql" with { type: "text" };
+import journal from "../../drizzle/meta/_journal.json" with { type: "json" };
 
 /** Each migration's SQL by its journal tag. */
 export const MIGRATION_SQL: Readonly<Record<string, string>> = {
