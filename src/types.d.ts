@@ -20,3 +20,5 @@ declare module "*.sql" {
   const text: string;
   export default text;
 }
+/** Defined by `scripts/build.ts` (`--define`): the commit the binary was built from. */
+declare const BUILD_COMMIT: string | undefined;
