@@ -1,4 +1,4 @@
-import { chmodSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { PGlite } from "@electric-sql/pglite";
 import { sql } from "drizzle-orm";
@@ -24,6 +24,8 @@ export interface PoolUsage {
 
 export interface Database {
   kind: "postgres" | "pglite";
+  /** The embedded database itself, for what Drizzle cannot do (COPY to and from blobs, for backups). */
+  pglite?: PGlite;
   orm: Orm;
   pool: PoolUsage;
   /** Runs `work` while holding a cluster-wide lock (a Postgres advisory lock on one connection). */
@@ -91,43 +93,6 @@ export function connectPostgres(options: PostgresOptions): Database {
   };
 }
 
-/** `dataDir` is a folder (kept across restarts) or "memory://" for a throwaway database. */
-/** Thrown when another process already has the embedded database open. */
-export class DatabaseInUseError extends Error {}
-
-/**
- * PGlite has no server: two processes on one data dir would corrupt it. A lock file holding the
- * owner's pid keeps a second one out; a lock left by a dead process is taken over.
- */
-function lockDataDir(dataDir: string): () => void {
-  const lockFile = `${dataDir}.lock`;
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      writeFileSync(lockFile, String(process.pid), { flag: "wx" });
-      return () => rmSync(lockFile, { force: true });
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
-      const owner = Number(readFileSync(lockFile, "utf8"));
-      if (owner && owner !== process.pid && isAlive(owner)) {
-        throw new DatabaseInUseError(
-          `the embedded database in ${dataDir} is in use by process ${owner}; stop it first`,
-        );
-      }
-      rmSync(lockFile, { force: true });
-    }
-  }
-  throw new DatabaseInUseError(`could not lock the embedded database in ${dataDir}`);
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
 /**
  * PGlite's file system layer sets the mode of what it creates itself (0666), whatever the umask, so the
  * data dir is made owner-only on open and on close. The 0700 directory around it is what keeps a file
@@ -142,8 +107,11 @@ function makeOwnerOnly(dir: string) {
   }
 }
 
+/**
+ * `dataDir` is a folder (kept across restarts) or "memory://" for a throwaway database. PGlite has no
+ * server: the caller holds the data directory's lock (`lockDataDir`) so no second process opens it.
+ */
 export async function openPglite(dataDir: string): Promise<Database> {
-  const unlock = dataDir.startsWith("memory://") ? () => {} : lockDataDir(dataDir);
   const [pgliteWasmModule, initdbWasmModule] = await Promise.all([
     WebAssembly.compile(await Bun.file(pgliteWasmPath).arrayBuffer()),
     WebAssembly.compile(await Bun.file(initdbWasmPath).arrayBuffer()),
@@ -160,14 +128,14 @@ export async function openPglite(dataDir: string): Promise<Database> {
   const orm = drizzlePglite(countedClient, { schema }) as unknown as Orm;
   return {
     kind: "pglite",
+    pglite: client,
     orm,
     pool,
-    // The data dir's lock file already keeps every other process out.
+    // The data directory's lock already keeps every other process out.
     exclusive: (_lockKey, work) => work(orm),
     close: async () => {
       await client.close();
       if (onDisk) makeOwnerOnly(dataDir);
-      unlock();
     },
   };
 }
