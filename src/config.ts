@@ -8,6 +8,8 @@ import { parse as parseDotenv } from "dotenv";
 import pkg from "../package.json" with { type: "json" };
 
 export const VERSION: string = pkg.version;
+/** The git commit the binary was built from (`scripts/build.ts` defines it); "source" when run from a checkout. */
+export const COMMIT: string = typeof BUILD_COMMIT === "string" ? BUILD_COMMIT : "source";
 
 /** Thrown for any bad setting; the CLI prints `message` alone and exits 2. */
 export class ConfigError extends Error {}
@@ -76,6 +78,10 @@ const EnvSchema = T.Object({
   CLAMAV_FAIL_OPEN: T.Boolean({ default: false }),
   // Scans at once per instance; further uploads wait (CLAMAV_TIMEOUT_MS at most) before reading a byte.
   CLAMAV_CONNECTIONS: T.Integer({ minimum: 1, maximum: 64, default: 4 }),
+  // Scheduled backups of the embedded database and the files on disk; unset: none.
+  BACKUP_INTERVAL_HOURS: T.Optional(T.Integer({ minimum: 1, maximum: 8760 })),
+  BACKUP_KEEP: T.Integer({ minimum: 1, maximum: 1000, default: 7 }),
+  BACKUP_DIR: T.Optional(T.String({ minLength: 1 })),
 });
 type Env = Static<typeof EnvSchema>;
 
@@ -91,6 +97,8 @@ export interface Config
   allowedOrigins: string[];
   allowedFileTypes: string[];
   uploadDir: string;
+  /** Where scheduled backups go (BACKUP_DIR, else DATA_DIR/backups). */
+  backupDir: string;
   /** Where uploaded bytes live: STORAGE_URL's bucket, or `uploadDir`. */
   storage: StorageSetting;
   rateLimits: {
@@ -151,7 +159,7 @@ function normaliseDbUrl(url: string | undefined): string | undefined {
   return url?.replace(/^postgres(ql)?\+[a-z0-9]+:\/\//, "postgresql://");
 }
 
-function resolveSecret(env: Env, dataDir: string): string {
+function resolveSecret(env: Env, dataDir: string, keepSecret: boolean): string {
   const given = env.SECRET_KEY;
   if (env.ENVIRONMENT === "production") {
     if (!given) throw new ConfigError("config: SECRET_KEY is required in production");
@@ -163,15 +171,19 @@ function resolveSecret(env: Env, dataDir: string): string {
     return given;
   }
   if (given) return given;
-  if (env.ENVIRONMENT === "test") return randomBytes(32).toString("hex");
+  if (env.ENVIRONMENT === "test" || !keepSecret) return randomBytes(32).toString("hex");
   // Development: generate once and keep it, so tokens survive restarts.
   const file = join(dataDir, "secret_key");
-  if (existsSync(file)) return readFileSync(file, "utf8").trim();
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  const secret = randomBytes(48).toString("base64url");
-  writeFileSync(file, secret, { mode: 0o600 });
-  chmodSync(file, 0o600);
-  return secret;
+  try {
+    if (existsSync(file)) return readFileSync(file, "utf8").trim();
+    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    const secret = randomBytes(48).toString("base64url");
+    writeFileSync(file, secret, { mode: 0o600 });
+    chmodSync(file, 0o600);
+    return secret;
+  } catch (error) {
+    throw new ConfigError(`DATA_DIR ${dataDir} cannot be used: ${(error as NodeJS.ErrnoException).code ?? error}`);
+  }
 }
 
 /**
@@ -254,8 +266,11 @@ export function readEnvironment(env: Record<string, string | undefined> = proces
   return { ...fromFile, ...env };
 }
 
-/** Validates the raw environment; throws ConfigError with one line naming the bad variable. */
-export function loadConfig(raw: Record<string, string | undefined>): Config {
+/**
+ * Validates the raw environment; throws ConfigError with one line naming the bad variable. `keepSecret:
+ * false` leaves DATA_DIR untouched (a restore needs it empty): a development secret is then not kept.
+ */
+export function loadConfig(raw: Record<string, string | undefined>, options = { keepSecret: true }): Config {
   const picked: Record<string, unknown> = {};
   for (const key of Object.keys(EnvSchema.properties)) {
     const value = raw[key];
@@ -282,15 +297,23 @@ export function loadConfig(raw: Record<string, string | undefined>): Config {
     ...rest
   } = env;
   const uploadDir = resolve(storageDir(env.STORAGE_URL) ?? env.UPLOAD_DIR ?? join(dataDir, "uploads"));
+  const databaseUrl = normaliseDbUrl(env.REVIEWPOINT_DB_URL ?? env.DATABASE_URL);
+  const storage = parseStorage(env, uploadDir);
+  if (env.BACKUP_INTERVAL_HOURS !== undefined && (databaseUrl || storage.kind === "s3")) {
+    throw new ConfigError(
+      "config: BACKUP_INTERVAL_HOURS backs up the embedded database and files on disk; back up PostgreSQL with pg_dump and a bucket with its own versioning",
+    );
+  }
   return {
     ...rest,
     DATA_DIR: dataDir,
-    databaseUrl: normaliseDbUrl(env.REVIEWPOINT_DB_URL ?? env.DATABASE_URL),
-    secretKey: resolveSecret(env, dataDir),
+    databaseUrl,
+    secretKey: resolveSecret(env, dataDir, options.keepSecret),
     allowedOrigins: parseOrigins(ALLOWED_ORIGINS),
     allowedFileTypes: ALLOWED_FILE_TYPES.split(",").map((type) => type.trim()),
     uploadDir,
-    storage: parseStorage(env, uploadDir),
+    backupDir: resolve(env.BACKUP_DIR ?? join(dataDir, "backups")),
+    storage,
     rateLimits: {
       enabled: RATE_LIMIT_ENABLED,
       login: parseRate(RATE_LIMIT_LOGIN),

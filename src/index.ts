@@ -1,17 +1,31 @@
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync } from "node:fs";
+import { rm } from "node:fs/promises";
+import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { Value } from "@sinclair/typebox/value";
-import { createApp, createServices, listenOptions } from "./app";
-import { type Config, ConfigError, loadConfig, readEnvironment, VERSION } from "./config";
-import { connectPostgres, type Database, DatabaseInUseError, openPglite } from "./db/client";
+import { createApp, createServices, listenOptions, openStorage } from "./app";
+import { COMMIT, type Config, ConfigError, loadConfig, readEnvironment, VERSION } from "./config";
+import { connectPostgres, type Database, openPglite } from "./db/client";
 import { runMigrations } from "./db/migrate";
 import { AppError } from "./http/errors";
+import { backupFileName, fileSystemProblem, writeNewFile } from "./modules/backup/files";
+import { BackupError } from "./modules/backup/model";
+import { startBackupSchedule } from "./modules/backup/schedule";
+import { openArchive, restoreArchive } from "./modules/backup/service";
 import { CLOSE_GOING_AWAY } from "./modules/realtime/service";
 import { AdminCreateBody } from "./modules/users/model";
+import { requestBackup, serveControl } from "./platform/control-socket";
+import {
+  controlSocketPath,
+  DataDirInUseError,
+  DataDirUnusableError,
+  LOCK_FILE,
+  lockDataDir,
+} from "./platform/data-dir";
 import { createStore, MemoryStore } from "./platform/kv";
 import { createLogger, type Logger } from "./platform/logger";
 import { createPubSub } from "./platform/pubsub";
+import { diskStorage } from "./platform/storage";
 
 const HELP = `ReViewPoint API server ${VERSION}
 
@@ -22,9 +36,12 @@ Commands:
   migrate                    Apply pending migrations and exit
   create-admin --username U --email E
                              Create an admin; password from REVIEWPOINT_ADMIN_PASSWORD or stdin
+  backup [--output FILE]     Archive the embedded database and the uploaded files (also while
+                             the server runs); FILE defaults to ./reviewpoint-backup-<time>.tar
+  restore FILE               Restore an archive into an empty DATA_DIR
 
 Options:
-  --version                  Print the version
+  --version                  Print the version and the commit it was built from
   --help                     Print this help
 
 Configuration comes from the environment and config/.env (the environment wins);
@@ -32,10 +49,105 @@ see the README for every variable.`;
 
 const ORPHAN_AGE_MS = 3_600_000;
 
+const BUILD = { version: VERSION, commit: COMMIT };
+const pgdataOf = (config: Config) => join(config.DATA_DIR, "pgdata");
+
+/** Postgres, or the embedded database under DATA_DIR's lock (released when it is closed). */
 async function openDatabase(config: Config): Promise<Database> {
   if (config.databaseUrl) return connectPostgres({ url: config.databaseUrl, max: config.DB_POOL_MAX });
-  mkdirSync(config.DATA_DIR, { recursive: true, mode: 0o700 });
-  return openPglite(join(config.DATA_DIR, "pgdata"));
+  const lock = lockDataDir(config.DATA_DIR);
+  try {
+    const db = await openPglite(pgdataOf(config));
+    return {
+      ...db,
+      close: async () => {
+        await db.close();
+        lock.release();
+      },
+    };
+  } catch (error) {
+    lock.release();
+    throw error;
+  }
+}
+
+/** Backups cover the embedded database and files on disk; elsewhere the operator uses the stores' own. */
+function requireEmbedded(config: Config, command: "backup" | "restore") {
+  if (config.databaseUrl) {
+    throw new BackupError(
+      `${command}: this deployment uses PostgreSQL; use pg_dump/pg_restore for the database (and a copy of UPLOAD_DIR or the bucket's own versioning for the files)`,
+    );
+  }
+  if (config.storage.kind === "s3") {
+    throw new BackupError(
+      `${command}: the files are in an S3 bucket; use the bucket's own versioning or replication for them (and ${command} covers the embedded database only with files on disk)`,
+    );
+  }
+}
+
+async function backupCommand(config: Config, logger: Logger, output: string | undefined) {
+  requireEmbedded(config, "backup");
+  const file = resolve(output ?? backupFileName());
+  if (existsSync(file)) throw new BackupError(`backup: ${file} exists already; choose another --output`);
+  if (!existsSync(pgdataOf(config))) throw new BackupError(`backup: DATA_DIR ${config.DATA_DIR} holds no database`);
+  let stream: ReadableStream<Uint8Array>;
+  let db: Database | undefined;
+  try {
+    db = await openDatabase(config);
+    stream = (await openArchive({ db, storage: diskStorage(config.uploadDir), dataDir: config.DATA_DIR, build: BUILD }))
+      .stream;
+  } catch (error) {
+    if (!(error instanceof DataDirInUseError)) throw error;
+    // The server has the database open: it makes the archive and streams it here.
+    stream = await requestBackup(controlSocketPath(config.DATA_DIR)).catch((failure: Error) => {
+      throw new BackupError(`backup: ${failure.message}`);
+    });
+  }
+  try {
+    const bytes = await writeNewFile(file, stream);
+    logger.info("backup written", { file, bytes });
+  } catch (error) {
+    if (error instanceof BackupError) throw error;
+    throw new BackupError(
+      `backup: the archive could not be completed (${(error as Error).message}); nothing was written`,
+    );
+  } finally {
+    await db?.close();
+  }
+}
+
+async function restoreCommand(config: Config, logger: Logger, file: string | undefined) {
+  if (!file) throw new ConfigError("restore needs the archive: reviewpoint restore FILE; see --help");
+  requireEmbedded(config, "restore");
+  if (!existsSync(file)) throw new BackupError(`restore: ${file} does not exist`);
+  const dataDirExisted = existsSync(config.DATA_DIR);
+  const lockExisted = existsSync(join(config.DATA_DIR, LOCK_FILE));
+  const lock = lockDataDir(config.DATA_DIR);
+  try {
+    const manifest = await restoreArchive(Bun.file(file).stream(), {
+      dataDir: config.DATA_DIR,
+      storage: diskStorage(config.uploadDir),
+      uploadDir: config.uploadDir,
+      openDatabase: () => openPglite(pgdataOf(config)),
+      build: BUILD,
+      ignored: [LOCK_FILE],
+    });
+    logger.info("restored", {
+      file,
+      made_by: manifest.version,
+      created_at: manifest.created_at,
+      files: manifest.files,
+      tables: manifest.tables,
+    });
+  } catch (error) {
+    // Nothing written: not even the folder or the lock file this command made.
+    lock.release();
+    if (!dataDirExisted) await rm(config.DATA_DIR, { recursive: true, force: true });
+    else if (!lockExisted) await rm(join(config.DATA_DIR, LOCK_FILE), { force: true });
+    throw error instanceof BackupError ? error : fileSystemProblem("restore", config.DATA_DIR, error);
+  } finally {
+    lock.release();
+  }
 }
 
 async function migrateCommand(config: Config, logger: Logger) {
@@ -87,7 +199,8 @@ async function serveCommand(config: Config, logger: Logger) {
     createPubSub({ redis: config.REDIS_URL, postgres: config.databaseUrl }, logger),
   ]);
   const inFlight = { count: 0 };
-  const deps = { config, db, kv, pubsub, logger, startedAt, inFlight };
+  const storage = openStorage(config.storage);
+  const deps = { config, db, kv, pubsub, logger, startedAt, inFlight, storage };
   const services = createServices(deps);
   // What uploads cut short by a crash left behind; an upload in flight elsewhere is never this old.
   services.files
@@ -95,6 +208,20 @@ async function serveCommand(config: Config, logger: Logger) {
     .then((done) => (done.committed || done.removed) && logger.info("recovered temporary uploads", done))
     .catch((error: Error) => logger.warn("recovery of temporary uploads failed", { error: error.message }));
   const app = createApp(deps, services).listen(listenOptions(config));
+  // With the embedded database this process holds DATA_DIR: backups are made here, on request or on schedule.
+  const archive = async () => (await openArchive({ db, storage, dataDir: config.DATA_DIR, build: BUILD })).stream;
+  const embedded = db.kind === "pglite" && config.storage.kind === "disk";
+  const control = embedded ? serveControl(controlSocketPath(config.DATA_DIR), { backup: archive }, logger) : undefined;
+  const stopSchedule =
+    embedded && config.BACKUP_INTERVAL_HOURS
+      ? startBackupSchedule({
+          intervalMs: config.BACKUP_INTERVAL_HOURS * 3_600_000,
+          keep: config.BACKUP_KEEP,
+          dir: config.backupDir,
+          archive,
+          logger,
+        })
+      : undefined;
   const server = app.server;
   if (!server) throw new Error("server did not start");
   logger.info("listening", {
@@ -117,6 +244,8 @@ async function serveCommand(config: Config, logger: Logger) {
     while (inFlight.count > 0 && Date.now() < deadline) await Bun.sleep(20);
     if (inFlight.count > 0) logger.warn("in-flight requests cut off after timeout", { in_flight: inFlight.count });
     services.realtime.closeAll(CLOSE_GOING_AWAY, "Server shutting down");
+    stopSchedule?.();
+    control?.stop();
     // Then close what is left: idle keep-alive sockets, and those whose unread body Bun holds after an
     // early answer (an oversize upload from a keep-alive client), which a graceful stop waits on forever.
     await server.stop(true);
@@ -137,18 +266,19 @@ async function main(argv: string[]) {
       version: { type: "boolean", short: "v" },
       username: { type: "string" },
       email: { type: "string" },
+      output: { type: "string", short: "o" },
     },
   });
-  if (values.version) return console.log(VERSION);
+  if (values.version) return console.log(`reviewpoint ${VERSION} (commit ${COMMIT})`);
   if (values.help) return console.log(HELP);
 
   // Everything this process creates (DATA_DIR, the embedded database, the development secret, uploads)
   // is its owner's alone, whatever umask it was started with.
   process.umask(0o077);
 
-  const config = loadConfig(readEnvironment());
-  const logger = createLogger({ level: config.DEBUG ? "debug" : config.LOG_LEVEL, format: config.LOG_FORMAT });
   const command = positionals[0] ?? "serve";
+  const config = loadConfig(readEnvironment(), { keepSecret: command !== "restore" });
+  const logger = createLogger({ level: config.DEBUG ? "debug" : config.LOG_LEVEL, format: config.LOG_FORMAT });
   switch (command) {
     case "serve":
       return serveCommand(config, logger);
@@ -156,6 +286,10 @@ async function main(argv: string[]) {
       return migrateCommand(config, logger);
     case "create-admin":
       return createAdminCommand(config, logger, values.username, values.email);
+    case "backup":
+      return backupCommand(config, logger, values.output);
+    case "restore":
+      return restoreCommand(config, logger, positionals[1]);
     default:
       throw new ConfigError(`unknown command "${command}"; see --help`);
   }
@@ -165,12 +299,17 @@ async function main(argv: string[]) {
 class CliError extends Error {}
 
 main(process.argv.slice(2)).catch((error: unknown) => {
-  // Bad settings or arguments (parseArgs throws TypeErrors with a code): one line, exit 2.
-  if (error instanceof ConfigError || (error instanceof TypeError && "code" in error)) {
+  // Bad settings, arguments, folders or archives (parseArgs throws TypeErrors with a code): one line, exit 2.
+  if (
+    error instanceof ConfigError ||
+    error instanceof BackupError ||
+    error instanceof DataDirUnusableError ||
+    (error instanceof TypeError && "code" in error)
+  ) {
     console.error(error.message);
     process.exit(2);
   }
-  if (error instanceof CliError || error instanceof DatabaseInUseError) {
+  if (error instanceof CliError || error instanceof DataDirInUseError) {
     console.error(error.message);
     process.exit(1);
   }

@@ -22,6 +22,14 @@ export class StorageUnavailableError extends Error {
   }
 }
 
+/** Bytes held as they were when pinned (a deletion meanwhile does not touch them), until released. */
+export interface PinnedObjects {
+  /** The pinned keys: those asked for that had bytes. */
+  readonly keys: string[];
+  read(key: string): Blob;
+  release(): Promise<void>;
+}
+
 /** A temporary object: what an upload cut short left, or one waiting for its commit. */
 export interface Temporary {
   key: string;
@@ -55,6 +63,11 @@ export interface ObjectStorage {
   delete(...keys: string[]): Promise<void>;
   /** Every temporary object, for the start-up sweep. */
   temporaries(): Promise<Temporary[]>;
+  /**
+   * Holds the bytes of `keys` as they are now until released, so a backup can read them after its
+   * database snapshot even if they are deleted meanwhile. Disk only (a bucket has its own versioning).
+   */
+  pin?(keys: string[]): Promise<PinnedObjects>;
 }
 
 const KEY = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -81,8 +94,12 @@ async function inFolder<T>(path: string, work: () => Promise<T>): Promise<T> {
   }
 }
 
+/** Links made at once when pinning many objects. */
+const PIN_BATCH = 64;
+
 export function diskStorage(root: string): ObjectStorage {
   const tmpDir = join(root, "tmp");
+  const pinnedDir = join(root, "pinned");
   const objectsDir = join(root, "objects");
   // Folders are made on first use: building the storage does no I/O.
 
@@ -172,6 +189,44 @@ export function diskStorage(root: string): ObjectStorage {
         }),
       );
       return found.filter((entry): entry is Temporary => entry !== undefined);
+    },
+
+    async pin(keys) {
+      // Hard links: no copy, and the bytes stay on disk while a link names them. A row's bytes are still a
+      // temporary between its insert and its commit.
+      const dir = join(pinnedDir, Bun.randomUUIDv7());
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      const pinOne = async (key: string) => {
+        for (const source of [pathOf(key), temporaryOf(key)]) {
+          try {
+            await link(source, join(dir, key));
+            return key;
+          } catch (error) {
+            if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+          }
+        }
+        return undefined;
+      };
+      const pinned: string[] = [];
+      try {
+        for (let at = 0; at < keys.length; at += PIN_BATCH) {
+          const done = await Promise.all(
+            keys
+              .slice(at, at + PIN_BATCH)
+              .filter(isStorageKey)
+              .map(pinOne),
+          );
+          for (const key of done) if (key) pinned.push(key);
+        }
+      } catch (error) {
+        await rm(dir, { recursive: true, force: true });
+        throw error;
+      }
+      return {
+        keys: pinned,
+        read: (key) => Bun.file(join(dir, key)),
+        release: () => rm(dir, { recursive: true, force: true }),
+      };
     },
   };
 }
