@@ -1,5 +1,5 @@
 import { expect } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { copyFileSync, linkSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { eq, sql } from "drizzle-orm";
@@ -319,18 +319,63 @@ export async function eventually(check: () => Promise<boolean> | boolean, ms = 5
   return check();
 }
 
+/** The checkout's root. */
+export const REPO_ROOT = join(import.meta.dir, "..");
 /** The repository's compiled binary, built once per test run (the e2e files share it). */
-export const BINARY = join(import.meta.dir, "..", "dist", "reviewpoint");
+export const BINARY = join(REPO_ROOT, "dist", "reviewpoint");
 let built: Promise<void> | undefined;
 
 export function buildBinary(): Promise<void> {
   built ??= (async () => {
-    const build = Bun.spawn(["bun", "run", "build"], {
-      cwd: join(import.meta.dir, ".."),
-      stdout: "ignore",
-      stderr: "pipe",
-    });
+    const build = Bun.spawn(["bun", "run", "build"], { cwd: REPO_ROOT, stdout: "ignore", stderr: "pipe" });
     if ((await build.exited) !== 0) throw new Error(await new Response(build.stderr).text());
   })();
   return built;
+}
+
+/** A new empty folder outside the checkout holding the binary, as an operator copies it to a VM. */
+export function operatorDir(prefix = "rp-bin-"): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  const target = join(dir, "reviewpoint");
+  try {
+    linkSync(BINARY, target);
+  } catch {
+    copyFileSync(BINARY, target);
+  }
+  return dir;
+}
+
+export interface ShippedOptions {
+  env?: Record<string, string>;
+  stdin?: string;
+  /** Shell run first inside the binary's mount namespace (e.g. a small tmpfs: a full disk). */
+  setup?: string;
+  stdout?: "pipe" | "ignore";
+}
+
+/**
+ * Runs `dir/reviewpoint` from `dir` as it ships: in a mount namespace of its own where the checkout is
+ * hidden under an empty tmpfs, so anything it would read from its build tree is not there. The process
+ * is the binary itself (sh execs it): signals reach it directly.
+ */
+export function runShipped(dir: string, args: string[], options: ShippedOptions = {}) {
+  const script = `mount -t tmpfs none "$0" && ${options.setup ? `${options.setup} && ` : ""}exec "$@"`;
+  return Bun.spawn(["unshare", "-m", "sh", "-c", script, REPO_ROOT, "./reviewpoint", ...args], {
+    cwd: dir,
+    env: { PATH: process.env.PATH ?? "", LOG_LEVEL: "warn", ...options.env },
+    stdin: options.stdin === undefined ? "ignore" : new TextEncoder().encode(options.stdin),
+    stdout: options.stdout ?? "pipe",
+    stderr: "pipe",
+  });
+}
+
+/** Exit code and output of a finished process. */
+export async function finished(proc: {
+  exited: Promise<number>;
+  stdout: ReadableStream<Uint8Array> | number | undefined | null;
+  stderr: ReadableStream<Uint8Array> | number | undefined | null;
+}) {
+  const text = (stream: unknown) => (stream instanceof ReadableStream ? new Response(stream).text() : "");
+  const [code, stdout, stderr] = await Promise.all([proc.exited, text(proc.stdout), text(proc.stderr)]);
+  return { code, stdout, stderr };
 }
