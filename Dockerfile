@@ -7,7 +7,9 @@ COPY . .
 RUN bun run build
 
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/reviewpoint reviewpoint
+# The data folder exists, owned by the server's user, before VOLUME: a new named volume copies its owner.
+RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/reviewpoint reviewpoint \
+  && install -d -o reviewpoint -g reviewpoint -m 700 /var/lib/reviewpoint/data
 COPY --from=build /src/dist/reviewpoint /usr/local/bin/reviewpoint
 USER reviewpoint
 WORKDIR /var/lib/reviewpoint
