@@ -1,5 +1,8 @@
 # Build the single executable in Bun's image, run it from a slim base as a non-root user.
 FROM oven/bun:1.4.5 AS build
+# Behind a TLS-inspecting proxy `bun install` needs its CA: pass the bundle's path here and make the file
+# visible to the build (podman build --volume DIR:DIR:ro). Unset, Bun trusts its own root certificates.
+ARG NODE_EXTRA_CA_CERTS
 WORKDIR /src
 COPY package.json bun.lock bunfig.toml ./
 RUN bun install --frozen-lockfile
