@@ -3,6 +3,8 @@ FROM oven/bun:1.4.5 AS build
 # Behind a TLS-inspecting proxy `bun install` needs its CA: pass the bundle's path here and make the file
 # visible to the build (podman build --volume DIR:DIR:ro). Unset, Bun trusts its own root certificates.
 ARG NODE_EXTRA_CA_CERTS
+# The commit `reviewpoint --version` names: the build context has no .git (pass `git rev-parse HEAD`).
+ARG REVIEWPOINT_COMMIT
 WORKDIR /src
 COPY package.json bun.lock bunfig.toml ./
 RUN bun install --frozen-lockfile

@@ -119,6 +119,9 @@ export function connectionOptions(url: string) {
     password: decodeURIComponent(parsed.password) || undefined,
     db: Number(parsed.pathname.slice(1) || 0),
     tls: parsed.protocol === "rediss:" ? {} : undefined,
+    // CLIENT SETINFO's library version is read from ioredis's package.json at a path fixed at build time:
+    // inside the binary that is the build machine's checkout.
+    disableClientInfo: true,
   };
 }
 
