@@ -4,9 +4,14 @@
  * `.git`, such as the Docker image's), else git's HEAD, marked `-dirty` when the tree has changes.
  */
 import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
 
 const ROOT = resolve(import.meta.dir, "..");
-const OUT = join(ROOT, "dist", "reviewpoint");
+// `--outfile` and `--no-bytecode` are for the bench, which compares start-up with and without bytecode.
+const { values: options } = parseArgs({
+  options: { outfile: { type: "string" }, "no-bytecode": { type: "boolean" } },
+});
+const OUT = resolve(options.outfile ?? join(ROOT, "dist", "reviewpoint"));
 
 function git(...args: string[]): string | undefined {
   const result = Bun.spawnSync(["git", ...args], { cwd: ROOT, stdout: "pipe", stderr: "ignore" });
@@ -25,8 +30,8 @@ const build = Bun.spawnSync(
     process.execPath,
     "build",
     "--compile",
-    // Start-up: --version takes ~85 ms of CPU with bytecode, ~145 ms without (bench row b3).
-    "--bytecode",
+    // Start-up: --version takes ~85 ms of CPU with bytecode, ~145 ms without (bench rows b3, b4).
+    ...(options["no-bytecode"] ? [] : ["--bytecode"]),
     // Never identifier minification: it breaks Elysia.
     "--minify-syntax",
     "--minify-whitespace",
