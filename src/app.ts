@@ -56,6 +56,8 @@ export interface AppDeps {
   pubsub?: PubSub;
   /** The virus scanner; defaults to clamd at CLAMAV_URL, or none. */
   scanner?: Scanner;
+  /** Aborted when a shutdown stops waiting for in-flight requests (bodies still arriving get a 503). */
+  shutdown?: AbortSignal;
   startedAt?: number;
 }
 
@@ -140,7 +142,10 @@ export function createServices(deps: AppDeps) {
       maxBytes: config.MAX_UPLOAD_SIZE,
       allowedTypes: config.allowedFileTypes,
       quota: config.USER_STORAGE_QUOTA,
+      idleMs: config.UPLOAD_IDLE_SECONDS * 1000,
+      deadlineMs: config.UPLOAD_TIMEOUT_SECONDS * 1000,
     },
+    shutdown: deps.shutdown,
     logger,
     metrics,
     notify: realtime.notify,
@@ -176,6 +181,8 @@ export function createServices(deps: AppDeps) {
 
 export type Services = ReturnType<typeof createServices>;
 
+const HTTP_IDLE_SECONDS = 30;
+
 /** How the binary listens; tests that need a real socket listen the same way. */
 export function listenOptions(config: Pick<Config, "PORT" | "HOST">) {
   return {
@@ -184,6 +191,9 @@ export function listenOptions(config: Pick<Config, "PORT" | "HOST">) {
     // Every limit is ours, enforced while streaming, so every oversize body gets the contract's 413.
     // Bun's own limit answers with a bare 413 and closes the socket (the client often sees EPIPE).
     maxRequestBodySize: Number.POSITIVE_INFINITY,
+    // A connection idle this long is closed (a request without its body yet, a quiet keep-alive). Bun does
+    // not count body bytes as activity, so uploads turn it off for themselves and watch their own body.
+    idleTimeout: HTTP_IDLE_SECONDS,
     development: false,
   };
 }

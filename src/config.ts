@@ -59,6 +59,9 @@ const EnvSchema = T.Object({
   RATE_LIMIT_PASSWORD_CHANGE: T.String({ ...rate, default: "5/hour" }),
   RATE_LIMIT_UPLOAD: T.String({ ...rate, default: "60/minute" }),
   USER_STORAGE_QUOTA: T.Optional(T.Integer({ minimum: 1 })),
+  // An upload whose body brings no byte for this long ends with a 408; so does one slower than the timeout.
+  UPLOAD_IDLE_SECONDS: T.Integer({ minimum: 1, maximum: 3600, default: 30 }),
+  UPLOAD_TIMEOUT_SECONDS: T.Integer({ minimum: 1, maximum: 86_400, default: 3600 }),
   RATE_LIMIT_DEFAULT: T.String({ ...rate, default: "300/minute" }),
   TRUST_PROXY: T.Boolean({ default: false }),
   STORAGE_URL: T.Optional(T.String({ pattern: "^(s3://[^/]+(/.*)?|file://.+)$" })),

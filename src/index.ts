@@ -48,6 +48,8 @@ Configuration comes from the environment and config/.env (the environment wins);
 see the README for every variable.`;
 
 const ORPHAN_AGE_MS = 3_600_000;
+/** After the shutdown timeout, how long requests told to stop get to send their 503. */
+const FINAL_ANSWERS_MS = 1000;
 
 const BUILD = { version: VERSION, commit: COMMIT };
 const pgdataOf = (config: Config) => join(config.DATA_DIR, "pgdata");
@@ -200,7 +202,9 @@ async function serveCommand(config: Config, logger: Logger) {
   ]);
   const inFlight = { count: 0 };
   const storage = openStorage(config.storage);
-  const deps = { config, db, kv, pubsub, logger, startedAt, inFlight, storage };
+  // Aborted once in-flight requests have had their time: bodies still arriving are answered 503.
+  const stopWaiting = new AbortController();
+  const deps = { config, db, kv, pubsub, logger, startedAt, inFlight, storage, shutdown: stopWaiting.signal };
   const services = createServices(deps);
   // What uploads cut short by a crash left behind; an upload in flight elsewhere is never this old.
   services.files
@@ -242,7 +246,14 @@ async function serveCommand(config: Config, logger: Logger) {
     // Stop accepting, then let running handlers finish (also those whose client already left).
     void server.stop(false);
     while (inFlight.count > 0 && Date.now() < deadline) await Bun.sleep(20);
-    if (inFlight.count > 0) logger.warn("in-flight requests cut off after timeout", { in_flight: inFlight.count });
+    if (inFlight.count > 0) {
+      logger.warn("in-flight requests cut off after timeout", { in_flight: inFlight.count });
+      // Uploads still receiving stop and answer 503 with Retry-After and Connection: close; a moment for
+      // those answers to go out before the sockets close.
+      stopWaiting.abort();
+      const answered = Date.now() + FINAL_ANSWERS_MS;
+      while (inFlight.count > 0 && Date.now() < answered) await Bun.sleep(20);
+    }
     services.realtime.closeAll(CLOSE_GOING_AWAY, "Server shutting down");
     stopSchedule?.();
     control?.stop();

@@ -1,6 +1,6 @@
 import { Elysia, NotFoundError, ParseError, t, ValidationError } from "elysia";
 import type { Logger } from "../platform/logger";
-import { StorageUnavailableError } from "../platform/storage";
+import { StorageFullError, StorageUnavailableError } from "../platform/storage";
 
 export type ErrorCode =
   | "BAD_REQUEST"
@@ -10,6 +10,7 @@ export type ErrorCode =
   | "INVALID_CREDENTIALS"
   | "PERMISSION_DENIED"
   | "NOT_FOUND"
+  | "REQUEST_TIMEOUT"
   | "CONFLICT"
   | "PAYLOAD_TOO_LARGE"
   | "UNSUPPORTED_MEDIA_TYPE"
@@ -18,7 +19,8 @@ export type ErrorCode =
   | "RATE_LIMITED"
   | "MALWARE_DETECTED"
   | "INTERNAL_ERROR"
-  | "SERVICE_UNAVAILABLE";
+  | "SERVICE_UNAVAILABLE"
+  | "INSUFFICIENT_STORAGE";
 
 export interface ErrorDetail {
   field: string;
@@ -39,6 +41,10 @@ export class AppError extends Error {
 }
 
 const BEARER_CHALLENGE = { "www-authenticate": "Bearer" };
+/** Seconds a client is asked to wait before retrying a 503. */
+export const RETRY_AFTER_SECONDS = 5;
+// The client's unread body would otherwise be drained first: close the connection after this answer.
+const CLOSE = { connection: "close" };
 
 export const errors = {
   badRequest: (message: string) => new AppError(400, "BAD_REQUEST", message),
@@ -62,7 +68,16 @@ export const errors = {
       ...headers,
       "retry-after": String(retryAfterSeconds),
     }),
-  unavailable: (message = "Service temporarily unavailable") => new AppError(503, "SERVICE_UNAVAILABLE", message),
+  unavailable: (message = "Service temporarily unavailable") =>
+    new AppError(503, "SERVICE_UNAVAILABLE", message, [], { "retry-after": String(RETRY_AFTER_SECONDS) }),
+  shuttingDown: () =>
+    new AppError(503, "SERVICE_UNAVAILABLE", "The server is shutting down; retry the request", [], {
+      "retry-after": String(RETRY_AFTER_SECONDS),
+      ...CLOSE,
+    }),
+  requestTimeout: (message: string) => new AppError(408, "REQUEST_TIMEOUT", message, [], CLOSE),
+  storageFull: () =>
+    new AppError(507, "INSUFFICIENT_STORAGE", "The upload storage is full; nothing of the upload was kept"),
   malware: (signature: string) =>
     new AppError(422, "MALWARE_DETECTED", "The file contains malware and was not stored", [
       { field: "file", issue: signature },
@@ -88,13 +103,15 @@ const ERROR_DESCRIPTIONS: Record<number, string> = {
   401: "Missing, invalid or expired credentials",
   403: "Not allowed",
   404: "Not found",
+  408: "The body stopped arriving (no data for UPLOAD_IDLE_SECONDS) or took too long",
   409: "Conflicts with an existing resource",
   413: "Body too large",
   415: "Unsupported media type",
   416: "Range not satisfiable (see Content-Range)",
   422: "Validation failed",
   429: "Rate limited",
-  503: "Database unavailable",
+  503: "Database, storage or scanner unavailable, or the server is shutting down (see Retry-After)",
+  507: "The upload storage is full; nothing was kept",
 };
 
 /** Response schemas for the error statuses a route can return, spread into its `response`. */
@@ -187,6 +204,7 @@ function toAppError(error: unknown, request: Request): AppError | undefined {
   }
   if (error instanceof NotFoundError) return errors.notFound();
   if (isDatabaseUnavailable(error) || error instanceof StorageUnavailableError) return errors.unavailable();
+  if (error instanceof StorageFullError) return errors.storageFull();
   const cause = databaseCause(error);
   // A row that refers to one deleted meanwhile (a file whose owner was deleted during the upload).
   if (cause?.code === "23503") return errors.conflict("Refers to something that no longer exists");
@@ -228,6 +246,8 @@ export function errorMapper(logger: Logger) {
       mapped = new AppError(500, "INTERNAL_ERROR", "Internal server error");
     } else if (error instanceof StorageUnavailableError) {
       logger.warn("storage unavailable", { request_id: requestId, error: error.message });
+    } else if (error instanceof StorageFullError) {
+      logger.error("storage full: an upload was refused", { request_id: requestId, error: String(error.cause) });
     } else if (mapped.status === 503 && !(error instanceof AppError)) {
       // A 503 a service threw (the virus scanner) was logged where it happened, with its cause.
       logger.warn("database unavailable", { request_id: requestId, error: databaseCause(error)?.message });

@@ -16,7 +16,10 @@ type Route = AnyElysia["routes"][number];
 const OPENAPI_VERSION = "3.1.0";
 const ERROR_REF = { $ref: "#/components/schemas/Error" };
 /** Statuses any API route can answer with, whatever it declares (probes are never limited). */
-const EVERY_API_ROUTE = { "500": "Unexpected server error", "503": "Database unavailable" };
+const EVERY_API_ROUTE = {
+  "500": "Unexpected server error",
+  "503": "Database, storage or scanner unavailable (see Retry-After)",
+};
 const EVERY_LIMITED_ROUTE = { ...EVERY_API_ROUTE, "429": "Rate limited (see Retry-After)" };
 /** What the body parser answers on any route that takes a body. */
 const EVERY_BODY_ROUTE = {

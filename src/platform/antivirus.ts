@@ -3,30 +3,23 @@ import { withTimeout } from "./timeout";
 
 export type Verdict = { infected: false } | { infected: true; signature: string };
 
-/** The scanner could not give a verdict: unreachable, too slow, busy, or it answered an error. */
+/** The scanner could not give a verdict: unreachable, too slow, or it answered an error. */
 export class ScannerUnavailableError extends Error {}
 
-/** One upload's bytes on their way to the scanner, while they also go to storage. */
-export interface ScanSession {
-  /**
-   * Resolves once the scanner took the chunk (backpressure: a slow scanner slows the upload). Never
-   * throws: a failure is kept and reported by `verdict()`, so an upload may go on without a scan.
-   */
-  write(chunk: Uint8Array): Promise<void>;
-  /** Set once a write failed: no verdict will come. */
-  readonly failure: ScannerUnavailableError | undefined;
-  /** Ends the stream and waits for the answer; throws ScannerUnavailableError. */
-  verdict(): Promise<Verdict>;
-  /** Drops the scan (the upload failed); frees the connection. */
-  abort(): void;
-}
+/**
+ * Every scanner connection stayed taken for the whole wait: the scanner works, it is only busy. Never a
+ * reason to store a file unscanned (fail-open is for a scanner that cannot answer): a 503 to retry later.
+ */
+export class ScannerBusyError extends Error {}
 
 export interface Scanner {
   /**
-   * Waits for one of the bounded connections (at most the timeout) and opens a scan. Scans of one `owner`
-   * also wait for one of the owner's few slots, so one user's slow uploads cannot hold every connection.
+   * Scans bytes already stored (read back at disk speed, so a slow client never holds a connection):
+   * waits for one of the bounded connections, and, for an `owner`, one of the owner's few slots, so one
+   * user's scans cannot hold every connection. Throws ScannerBusyError when none frees up in time, and
+   * ScannerUnavailableError when the scanner cannot answer.
    */
-  start(owner?: string): Promise<ScanSession>;
+  scan(bytes: ReadableStream<Uint8Array>, owner?: string): Promise<Verdict>;
   /** Round trip of a PING, in ms; throws ScannerUnavailableError. */
   ping(): Promise<number>;
 }
@@ -63,7 +56,7 @@ function slots(size: number, timeoutMs: number) {
           };
           const timer = setTimeout(() => {
             queue.splice(queue.indexOf(wake), 1);
-            reject(new ScannerUnavailableError("virus scanner busy"));
+            reject(new ScannerBusyError(`every virus scanner connection stayed busy for ${timeoutMs} ms`));
           }, timeoutMs);
           queue.push(wake);
         });
@@ -163,68 +156,54 @@ export function clamdScanner(options: {
     });
   }
 
+  /** Streams `bytes` to clamd as INSTREAM chunks and reads its verdict; every wait bounded by the timeout. */
+  async function instream(socket: net.Socket, bytes: ReadableStream<Uint8Array>): Promise<Verdict> {
+    const answer = answerOf(socket);
+    answer.catch(() => {});
+    // clamd answers early when it refuses the stream (size limit), and stops reading: stop sending then.
+    let answered = false;
+    answer.then(
+      () => {
+        answered = true;
+      },
+      () => {},
+    );
+    const send = async (chunk: Uint8Array) => {
+      if (socket.write(chunk)) return;
+      const drained = new Promise<void>((resolve) => socket.once("drain", resolve));
+      await within(Promise.race([drained, answer]), timeoutMs, "read");
+    };
+    try {
+      await send(Buffer.from("zINSTREAM\0"));
+      for await (const chunk of bytes) {
+        if (answered) break;
+        if (chunk.byteLength === 0) continue;
+        const length = Buffer.alloc(4);
+        length.writeUInt32BE(chunk.byteLength);
+        await send(Buffer.concat([length, chunk]));
+      }
+      if (!answered) await send(Buffer.alloc(4));
+    } catch (error) {
+      // A write meeting a socket clamd closed: its answer, if any, says why.
+      if (!answered && error instanceof ScannerUnavailableError) throw error;
+    }
+    return readVerdict(await within(answer, timeoutMs, "answer"));
+  }
+
   return {
-    async start(owner) {
+    async scan(bytes, owner) {
       const release = await acquire(owner);
-      let socket: net.Socket;
       try {
-        socket = await connect(address, timeoutMs);
-      } catch (error) {
+        const socket = await connect(address, timeoutMs);
+        try {
+          return await instream(socket, bytes);
+        } finally {
+          socket.destroy();
+        }
+      } finally {
         release();
-        throw error;
+        await bytes.cancel().catch(() => {});
       }
-      const answer = answerOf(socket);
-      answer.catch(() => {});
-      let failure: ScannerUnavailableError | undefined;
-      let finished = false;
-      const send = async (bytes: Uint8Array) => {
-        if (socket.write(bytes)) return;
-        // clamd stops reading when it refuses the stream (size limit): the answer comes instead of a drain.
-        const drained = new Promise<void>((resolve) => socket.once("drain", resolve));
-        await within(
-          Promise.race([drained, answer.then(() => Promise.reject(new Error("closed")))]),
-          timeoutMs,
-          "read",
-        );
-      };
-      const end = () => {
-        finished = true;
-        socket.destroy();
-        release();
-      };
-      try {
-        socket.write("zINSTREAM\0");
-      } catch (error) {
-        end();
-        throw new ScannerUnavailableError(`virus scanner failed: ${(error as Error).message}`);
-      }
-      return {
-        get failure() {
-          return failure;
-        },
-        async write(chunk) {
-          if (failure || finished || chunk.byteLength === 0) return;
-          const length = Buffer.alloc(4);
-          length.writeUInt32BE(chunk.byteLength);
-          try {
-            await send(Buffer.concat([length, chunk]));
-          } catch (error) {
-            failure = error instanceof ScannerUnavailableError ? error : new ScannerUnavailableError("stream refused");
-          }
-        },
-        async verdict() {
-          try {
-            if (!failure) socket.write(Buffer.alloc(4));
-            // An early answer (clamd refusing the stream) says why; otherwise the failure does.
-            const text = await within(answer, timeoutMs, "answer");
-            if (failure && !text) throw failure;
-            return readVerdict(text);
-          } finally {
-            end();
-          }
-        },
-        abort: end,
-      };
     },
 
     async ping() {
@@ -251,22 +230,15 @@ export function markerScanner(markers: Record<string, string>): Scanner {
   const patterns = Object.entries(markers).map(([name, text]) => ({ name, bytes: Buffer.from(text) }));
   const overlap = Math.max(0, ...patterns.map((p) => p.bytes.byteLength)) - 1;
   return {
-    async start() {
+    async scan(bytes) {
       let tail: Buffer = Buffer.alloc(0);
-      let found: string | undefined;
-      return {
-        failure: undefined,
-        async write(chunk) {
-          if (found) return;
-          const window = Buffer.concat([tail, chunk]);
-          found = patterns.find((p) => window.includes(p.bytes))?.name;
-          tail = window.subarray(Math.max(0, window.byteLength - overlap));
-        },
-        async verdict() {
-          return found ? { infected: true, signature: found } : { infected: false };
-        },
-        abort() {},
-      };
+      for await (const chunk of bytes) {
+        const window = Buffer.concat([tail, chunk]);
+        const found = patterns.find((p) => window.includes(p.bytes))?.name;
+        if (found) return { infected: true, signature: found };
+        tail = window.subarray(Math.max(0, window.byteLength - overlap));
+      }
+      return { infected: false };
     },
     async ping() {
       return 0;

@@ -97,8 +97,11 @@ export function s3Storage(setting: S3Setting): ObjectStorage {
         },
         async close() {
           open = false;
+          // end() resolves once every part is uploaded and the upload completed; the size is asked back.
           await s3("write", () => writer.end(), 1);
+          return s3("stat", async () => (await client.stat(object)).size);
         },
+        read: () => client.file(object).stream(),
         async discard() {
           if (open) {
             open = false;

@@ -1,15 +1,36 @@
 /** The clamd client against a real clamd (INSTREAM), and its in-process twin. */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { clamdScanner, markerScanner, ScannerUnavailableError } from "../../src/platform/antivirus";
+import { clamdScanner, markerScanner, ScannerBusyError, ScannerUnavailableError } from "../../src/platform/antivirus";
 import { CLAMD, EICAR, EICAR_SIGNATURE, startClamd, type TestClamd } from "../clamd";
 import { freePort } from "../support";
 
 const encoder = new TextEncoder();
 
-async function scan(scanner: ReturnType<typeof clamdScanner>, chunks: (string | Uint8Array)[]) {
-  const session = await scanner.start();
-  for (const chunk of chunks) await session.write(typeof chunk === "string" ? encoder.encode(chunk) : chunk);
-  return session.verdict();
+/** The chunks as a stream, as storage reads bytes back. */
+function bytesOf(...chunks: (string | Uint8Array)[]): ReadableStream<Uint8Array> {
+  return new ReadableStream({
+    start(controller) {
+      for (const chunk of chunks) controller.enqueue(typeof chunk === "string" ? encoder.encode(chunk) : chunk);
+      controller.close();
+    },
+  });
+}
+
+/** Bytes that stop half way until `finish()`: a scan that holds its connection. */
+function heldBytes() {
+  let finish = () => {};
+  const released = new Promise<void>((resolve) => {
+    finish = resolve;
+  });
+  const bytes = new ReadableStream<Uint8Array>({
+    async start(controller) {
+      controller.enqueue(encoder.encode("a paper, "));
+      await released;
+      controller.enqueue(encoder.encode("finished"));
+      controller.close();
+    },
+  });
+  return { bytes, finish };
 }
 
 describe.skipIf(!CLAMD)("clamd scanner (needs clamd: .ci/run installs clamav-daemon)", () => {
@@ -24,13 +45,11 @@ describe.skipIf(!CLAMD)("clamd scanner (needs clamd: .ci/run installs clamav-dae
 
   test("clean bytes are OK; EICAR is found, also split across chunks and deep inside other bytes", async () => {
     const scanner = clamdScanner({ url: clamd.url, timeoutMs: 5000, connections: 2 });
-    expect(await scan(scanner, ["just a paper\n"])).toEqual({ infected: false });
-    expect(await scan(scanner, [EICAR])).toEqual({ infected: true, signature: EICAR_SIGNATURE });
+    expect(await scanner.scan(bytesOf("just a paper\n"))).toEqual({ infected: false });
+    expect(await scanner.scan(bytesOf(EICAR))).toEqual({ infected: true, signature: EICAR_SIGNATURE });
     const cut = 20;
-    expect(await scan(scanner, ["%PDF-1.4\n", "x".repeat(100_000), EICAR.slice(0, cut), EICAR.slice(cut)])).toEqual({
-      infected: true,
-      signature: EICAR_SIGNATURE,
-    });
+    const split = bytesOf("%PDF-1.4\n", "x".repeat(100_000), EICAR.slice(0, cut), EICAR.slice(cut));
+    expect(await scanner.scan(split)).toEqual({ infected: true, signature: EICAR_SIGNATURE });
     expect(await scanner.ping()).toBeGreaterThan(0);
   });
 
@@ -39,8 +58,8 @@ describe.skipIf(!CLAMD)("clamd scanner (needs clamd: .ci/run installs clamav-dae
     try {
       const scanner = clamdScanner({ url: local.url, timeoutMs: 5000, connections: 1 });
       expect(local.url).toStartWith("unix:///");
-      expect(await scan(scanner, ["a clean paper"])).toEqual({ infected: false });
-      expect(await scan(scanner, [EICAR])).toEqual({ infected: true, signature: EICAR_SIGNATURE });
+      expect(await scanner.scan(bytesOf("a clean paper"))).toEqual({ infected: false });
+      expect(await scanner.scan(bytesOf(EICAR))).toEqual({ infected: true, signature: EICAR_SIGNATURE });
     } finally {
       await local.dispose();
     }
@@ -48,53 +67,58 @@ describe.skipIf(!CLAMD)("clamd scanner (needs clamd: .ci/run installs clamav-dae
 
   test("a stream over clamd's StreamMaxLength is an error, not a verdict", async () => {
     const scanner = clamdScanner({ url: small.url, timeoutMs: 5000, connections: 1 });
-    const megabyte = new Uint8Array(256 * 1024).fill(97);
-    const session = await scanner.start();
-    for (let i = 0; i < 8; i++) await session.write(megabyte);
-    const error = await session.verdict().catch((caught: Error) => caught);
+    const quarter = new Uint8Array(256 * 1024).fill(97);
+    const error = await scanner.scan(bytesOf(...Array(8).fill(quarter))).catch((caught: Error) => caught);
     expect(error).toBeInstanceOf(ScannerUnavailableError);
     // clamd answers and closes at once: the answer is read, or a write meets the closed socket first.
     expect((error as Error).message).toMatch(/size limit exceeded|EPIPE|ECONNRESET/);
   });
 
-  test("connections are bounded: a third scan waits for a free one, or gives up after the timeout", async () => {
-    const scanner = clamdScanner({ url: clamd.url, timeoutMs: 300, connections: 2 });
-    const [first, second] = [await scanner.start(), await scanner.start()];
-    const third = scanner.start();
-    await first.verdict();
-    const session = await third;
-    expect(await (await Promise.all([session.verdict(), second.verdict()]))[0]).toEqual({ infected: false });
+  test("connections are bounded: a third scan waits for a free one, or gives up busy after the timeout", async () => {
+    const scanner = clamdScanner({ url: clamd.url, timeoutMs: 1000, connections: 2 });
+    const [first, second] = [heldBytes(), heldBytes()];
+    const scans = [scanner.scan(first.bytes), scanner.scan(second.bytes)];
+    await Bun.sleep(100);
+    const third = scanner.scan(bytesOf("a third paper"));
+    first.finish();
+    expect(await third).toEqual({ infected: false });
+    second.finish();
+    expect(await Promise.all(scans)).toEqual([{ infected: false }, { infected: false }]);
 
-    const held = [await scanner.start(), await scanner.start()];
-    expect(await scanner.start().catch((error: Error) => error.message)).toContain("busy");
-    for (const session of held) session.abort();
+    const held = [heldBytes(), heldBytes()];
+    const holding = held.map((h) => scanner.scan(h.bytes));
+    await Bun.sleep(100);
+    expect(await scanner.scan(bytesOf("too late")).catch((error) => error)).toBeInstanceOf(ScannerBusyError);
+    for (const h of held) h.finish();
+    await Promise.all(holding);
   });
 
   test("one owner's scans take at most its own share of connections; another owner's go ahead", async () => {
-    const scanner = clamdScanner({ url: clamd.url, timeoutMs: 300, connections: 4, perOwner: 2 });
-    const slow = [await scanner.start("slowloris"), await scanner.start("slowloris")];
-    expect(await scanner.start("slowloris").catch((error: Error) => error.message)).toContain("busy");
-    const other = await scanner.start("someone-else");
-    await other.write(encoder.encode("a paper"));
-    expect(await other.verdict()).toEqual({ infected: false });
-    for (const session of slow) session.abort();
-    expect(await (await scanner.start("slowloris")).verdict()).toEqual({ infected: false });
+    const scanner = clamdScanner({ url: clamd.url, timeoutMs: 500, connections: 4, perOwner: 2 });
+    const slow = [heldBytes(), heldBytes()];
+    const holding = slow.map((h) => scanner.scan(h.bytes, "slowloris"));
+    await Bun.sleep(100);
+    expect(await scanner.scan(bytesOf("a third"), "slowloris").catch((error) => error)).toBeInstanceOf(
+      ScannerBusyError,
+    );
+    expect(await scanner.scan(bytesOf("a paper"), "someone-else")).toEqual({ infected: false });
+    for (const h of slow) h.finish();
+    await Promise.all(holding);
+    expect(await scanner.scan(bytesOf("again"), "slowloris")).toEqual({ infected: false });
   });
 
-  test("an unreachable scanner is ScannerUnavailableError, at start and at ping", async () => {
+  test("an unreachable scanner is ScannerUnavailableError, at scan and at ping", async () => {
     const scanner = clamdScanner({ url: `tcp://127.0.0.1:${freePort()}`, timeoutMs: 500, connections: 1 });
-    expect(await scanner.start().catch((error) => error)).toBeInstanceOf(ScannerUnavailableError);
+    expect(await scanner.scan(bytesOf("x")).catch((error) => error)).toBeInstanceOf(ScannerUnavailableError);
     expect(await scanner.ping().catch((error) => error)).toBeInstanceOf(ScannerUnavailableError);
   });
 });
 
 test("the twin finds a marker across chunk boundaries", async () => {
   const scanner = markerScanner({ "Test.Marker": "MALWARE-MARKER" });
-  const session = await scanner.start();
-  await session.write(encoder.encode("clean text MALWA"));
-  await session.write(encoder.encode("RE-MARKER more"));
-  expect(await session.verdict()).toEqual({ infected: true, signature: "Test.Marker" });
-  const clean = await scanner.start();
-  await clean.write(encoder.encode("nothing here"));
-  expect(await clean.verdict()).toEqual({ infected: false });
+  expect(await scanner.scan(bytesOf("clean text MALWA", "RE-MARKER more"))).toEqual({
+    infected: true,
+    signature: "Test.Marker",
+  });
+  expect(await scanner.scan(bytesOf("nothing here"))).toEqual({ infected: false });
 });

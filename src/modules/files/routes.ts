@@ -1,3 +1,4 @@
+import type { Server } from "bun";
 import { Elysia, t } from "elysia";
 import { type AuthGuard, BEARER_SECURITY, optionalAuth, requireAuth } from "../../http/auth";
 import { errorResponses } from "../../http/errors";
@@ -28,8 +29,13 @@ export function filesRoutes<P extends FilesPrincipal>(deps: {
 }) {
   const { files, guard, limits } = deps;
   const viewerOf = (principal: P | undefined) => principal && { id: principal.user.id, role: principal.user.role };
-  /** The upload's body is streamed to the service, never parsed here. */
-  const store = (principal: P, request: Request) => {
+  /**
+   * The upload's body is streamed to the service, never parsed here. Bun's idle timeout is not reset by
+   * body bytes (a slow upload was cut at ~30 s while still sending): off for this request, whose body the
+   * service watches itself (UPLOAD_IDLE_SECONDS, UPLOAD_TIMEOUT_SECONDS).
+   */
+  const store = (principal: P, request: Request, server: Server<unknown> | null) => {
+    server?.timeout(request, 0);
     const length = request.headers.get("content-length");
     return files.upload(principal.user, {
       body: request.body,
@@ -42,7 +48,7 @@ export function filesRoutes<P extends FilesPrincipal>(deps: {
     rateLimit: { rule: "upload" as const, key: perUser },
     response: {
       201: t.Composite([FileInfo], { description: "The stored file" }),
-      ...errorResponses(400, 401, 413, 415, 422),
+      ...errorResponses(400, 401, 408, 413, 415, 422, 507),
     },
     detail: {
       ...secured(
@@ -62,17 +68,17 @@ export function filesRoutes<P extends FilesPrincipal>(deps: {
     .use(limits)
     .post(
       "",
-      async ({ principal, request, set }) => {
+      async ({ principal, request, server, set }) => {
         set.status = 201;
-        return store(principal, request);
+        return store(principal, request, server);
       },
       upload,
     )
     .post(
       "/",
-      async ({ principal, request, set }) => {
+      async ({ principal, request, server, set }) => {
         set.status = 201;
-        return store(principal, request);
+        return store(principal, request, server);
       },
       {
         ...upload,

@@ -1,8 +1,8 @@
 import { isUtf8 } from "node:buffer";
-import busboy from "busboy";
 import { fileTypeFromBuffer } from "file-type";
-import { AppError, errors } from "../../http/errors";
+import { type AppError, errors } from "../../http/errors";
 import type { PendingObject } from "../../platform/storage";
+import { createMultipartParser, MultipartError, multipartBoundary, type PartSink } from "./multipart";
 
 /** What a multipart upload delivered, once its bytes are in `pending` (not yet committed). */
 export interface ReceivedUpload {
@@ -25,26 +25,7 @@ export const MULTIPART_OVERHEAD = 64 * 1024;
 // file-type reads at most this much of the start of a file.
 const SNIFF_BYTES = 4100;
 const MAX_FIELDS = 8;
-const MiB = 1024 * 1024;
-/** Resident-set growth tolerated before a big upload asks for a full collection. */
-const RSS_SLACK = 16 * MiB;
-
-/**
- * Every network chunk of an upload becomes garbage once written, and the GC lets tens of MiB of it
- * pile up before a full collection (a 200 MiB upload grew the resident set by 50-70 MiB; a full
- * collection takes ~12 ms here). Checked once per MiB received: past RSS_SLACK over what the last
- * collection left, collect now. A 200 MiB upload then peaks ~35 MiB up, for ~6 collections.
- */
-const keepMemoryFlat = (() => {
-  let settled = Number.POSITIVE_INFINITY;
-  return () => {
-    const rss = process.memoryUsage.rss();
-    settled = Math.min(settled, rss);
-    if (rss - settled < RSS_SLACK) return;
-    Bun.gc(true);
-    settled = process.memoryUsage.rss();
-  };
-})();
+const MAX_FIELD_BYTES = 1024;
 
 /** How many bytes at the end start a character the chunk does not finish (0 to 3). */
 function unfinishedTail(bytes: Uint8Array): number {
@@ -61,7 +42,7 @@ function unfinishedTail(bytes: Uint8Array): number {
  * UTF-8 validation across chunks, without decoding into strings (that made garbage on every chunk of
  * a big text upload): a character cut at a chunk's end is carried over to the next.
  */
-function utf8Validator() {
+export function utf8Validator() {
   let carry: Uint8Array = new Uint8Array(0);
   let valid = true;
   return {
@@ -76,139 +57,179 @@ function utf8Validator() {
   };
 }
 
-/** Does the content match the declared type: magic bytes for binary types, valid UTF-8 for text? */
-async function contentMatches(declared: string, head: Uint8Array, validUtf8: boolean): Promise<boolean> {
-  if (declared.startsWith("text/")) return validUtf8;
-  return (await fileTypeFromBuffer(head))?.mime === declared;
+/**
+ * What every upload's bytes go through on their way to storage, whatever carries them (a multipart part,
+ * a resumable upload's PATCHes): the size limit, the SHA-256, the first bytes for the type check, and
+ * UTF-8 validation for text.
+ */
+export function contentInspector(declared: string, maxBytes: number) {
+  const hash = new Bun.CryptoHasher("sha256");
+  const head = new Uint8Array(SNIFF_BYTES);
+  let headSize = 0;
+  let size = 0;
+  const utf8 = declared.startsWith("text/") ? utf8Validator() : undefined;
+  return {
+    /** Takes the next bytes; throws 413 past the limit. */
+    push(bytes: Uint8Array) {
+      size += bytes.byteLength;
+      if (size > maxBytes) throw errors.tooLarge(maxBytes);
+      hash.update(bytes);
+      if (headSize < SNIFF_BYTES) {
+        const taken = bytes.subarray(0, SNIFF_BYTES - headSize);
+        head.set(taken, headSize);
+        headSize += taken.byteLength;
+      }
+      utf8?.push(bytes);
+    },
+    get size() {
+      return size;
+    },
+    /** Throws 415 unless the content matches the declared type (magic bytes; valid UTF-8 for text). */
+    async requireMatch() {
+      const matches = utf8 ? utf8.valid() : (await fileTypeFromBuffer(head.subarray(0, headSize)))?.mime === declared;
+      if (!matches) throw errors.unsupportedMediaType(`The content is not ${declared}`);
+    },
+    digest: () => hash.digest("hex"),
+  };
+}
+
+export function requireAllowedType(declared: string, allowed: readonly string[]): void {
+  if (!allowed.includes(declared)) {
+    throw errors.unsupportedMediaType(`File type ${declared} is not allowed (${allowed.join(", ")})`);
+  }
+}
+
+/** Stops reading a body: a client gone quiet, one too slow overall, or the server shutting down. */
+export interface BodyWatch {
+  /** No byte for this long ends the upload (408). */
+  idleMs: number;
+  /** The whole body must arrive within this long (408). */
+  deadlineMs: number;
+  /** Aborted when the server stops waiting for in-flight requests (503). */
+  shutdown?: AbortSignal;
 }
 
 /**
- * Streams a multipart body: the part named `file` goes to `pending` chunk by chunk (each write awaited,
- * so memory stays flat) while its SHA-256 is computed; the other parts are small fields. Decided while
- * streaming: a type not allowed (415) and a size over the limit (413) stop the reading at once.
- * Throws the contract's errors; the caller discards `pending` on any failure.
+ * The body's chunks, ended early with the reason's error when the watch fires. One timer per body, not
+ * one per chunk: a chunk only bumps a counter, and the check every half idle period compares it.
+ */
+async function* watched(body: ReadableStream<Uint8Array>, watch: BodyWatch): AsyncGenerator<Uint8Array> {
+  const reader = body.getReader();
+  let stopped: AppError | undefined;
+  const stop = (reason: AppError) => {
+    stopped ??= reason;
+    reader.cancel().catch(() => {});
+  };
+  let chunks = 0;
+  let seen = -1;
+  const idleSeconds = Math.round(watch.idleMs / 1000);
+  const idle = setInterval(
+    () => {
+      if (chunks === seen) stop(errors.requestTimeout(`No data received for ${idleSeconds} seconds`));
+      seen = chunks;
+    },
+    Math.max(50, watch.idleMs / 2),
+  );
+  const deadline = setTimeout(
+    () => stop(errors.requestTimeout(`The upload took longer than ${Math.round(watch.deadlineMs / 1000)} seconds`)),
+    watch.deadlineMs,
+  );
+  const onShutdown = () => stop(errors.shuttingDown());
+  if (watch.shutdown?.aborted) onShutdown();
+  watch.shutdown?.addEventListener("abort", onShutdown);
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (stopped) throw stopped;
+      if (done) return;
+      chunks++;
+      yield value;
+    }
+  } finally {
+    clearInterval(idle);
+    clearTimeout(deadline);
+    watch.shutdown?.removeEventListener("abort", onShutdown);
+    reader.releaseLock();
+  }
+}
+
+/**
+ * Streams a multipart body: the part named `file` goes to `pending` (each write awaited, so memory stays
+ * flat) while its size, hash, type and text are checked; the other parts are small fields. Decided while
+ * streaming: a type not allowed (415) and a size over the limit (413) stop the reading at once. Throws the
+ * contract's errors; the caller discards `pending` on any failure.
  */
 export async function receiveUpload(
   body: ReadableStream<Uint8Array> | null,
   contentType: string,
   limits: UploadLimits,
   pending: PendingObject,
-  /** Gets the file's bytes too, as they go to storage (the virus scanner); awaited alike. */
-  scan?: { write(chunk: Uint8Array): Promise<void> },
+  watch: BodyWatch,
 ): Promise<ReceivedUpload> {
-  let parser: busboy.Busboy;
-  try {
-    parser = busboy({
-      headers: { "content-type": contentType },
-      // Raw UTF-8 filenames arrive garbled without it.
-      defParamCharset: "utf8",
-      // One byte more than allowed, so a file of exactly the limit is not mistaken for a cut one.
-      limits: { files: 1, fileSize: limits.maxBytes + 1, fields: MAX_FIELDS, fieldSize: 1024, parts: MAX_FIELDS + 1 },
-    });
-  } catch {
-    throw errors.badRequest("Malformed multipart body: no boundary");
-  }
-
-  let failure: Error | undefined;
-  const fail = (error: Error) => {
-    failure ??= error;
-  };
-  const malformed = (error: Error) =>
-    fail(error instanceof AppError ? error : errors.badRequest(`Malformed multipart body: ${error.message}`));
+  const boundary = multipartBoundary(contentType);
+  if (!boundary) throw errors.badRequest("Malformed multipart body: no boundary");
+  if (!body) throw errors.badRequest("Malformed multipart body: empty");
   const fields: Record<string, string> = {};
-  const hash = new Bun.CryptoHasher("sha256");
-  const head: Uint8Array[] = [];
-  let headSize = 0;
-  const utf8 = utf8Validator();
-  let file: { filename: string; contentType: string; size: number; done: Promise<void> } | undefined;
+  let file: { filename: string; contentType: string; inspector: ReturnType<typeof contentInspector> } | undefined;
+  let parts = 0;
+  let fileParts = 0;
+  const tooMany = () => errors.validation([{ field: "file", issue: "Send one file and at most a few fields" }]);
+  // The file's bytes of the chunk being parsed, written once the parser is done with it.
+  const toWrite: Uint8Array[] = [];
 
-  parser.on("file", (name, stream, info) => {
-    // Attached at once: a truncated body otherwise throws an uncaught error that kills the process.
-    stream.on("error", malformed);
-    if (name !== "file" || file) {
-      if (name === "file") fail(errors.validation([{ field: "file", issue: "Send exactly one file" }]));
-      stream.resume();
-      return;
+  const parser = createMultipartParser(boundary, (part): PartSink | undefined => {
+    if (++parts > MAX_FIELDS + 1) throw tooMany();
+    if (part.filename !== undefined) {
+      if (++fileParts > 1) throw tooMany();
+      if (part.name !== "file") return undefined;
+      requireAllowedType(part.contentType, limits.allowedTypes);
+      const inspector = contentInspector(part.contentType, limits.maxBytes);
+      file = { filename: part.filename, contentType: part.contentType, inspector };
+      return {
+        data(bytes) {
+          inspector.push(bytes);
+          toWrite.push(bytes);
+        },
+        end() {},
+      };
     }
-    const declared = info.mimeType.toLowerCase();
-    if (!limits.allowedTypes.includes(declared)) {
-      fail(errors.unsupportedMediaType(`File type ${declared} is not allowed (${limits.allowedTypes.join(", ")})`));
-      stream.resume();
-      return;
-    }
-    const current = { filename: info.filename ?? "", contentType: declared, size: 0, done: Promise.resolve() };
-    file = current;
-    current.done = new Promise<void>((resolve) => {
-      stream.on("data", (chunk: Buffer) => {
-        current.size += chunk.byteLength;
-        if (current.size > limits.maxBytes) {
-          fail(errors.tooLarge(limits.maxBytes));
-          return;
-        }
-        stream.pause();
-        hash.update(chunk);
-        if (headSize < SNIFF_BYTES) {
-          head.push(chunk.subarray(0, SNIFF_BYTES - headSize));
-          headSize += Math.min(chunk.byteLength, SNIFF_BYTES - headSize);
-        }
-        if (declared.startsWith("text/")) utf8.push(chunk);
-        if (Math.floor(current.size / MiB) !== Math.floor((current.size - chunk.byteLength) / MiB)) keepMemoryFlat();
-        (scan ? Promise.all([pending.write(chunk), scan.write(chunk)]) : pending.write(chunk)).then(
-          () => stream.resume(),
-          (error: Error) => {
-            fail(error);
-            stream.resume();
-          },
-        );
-      });
-      stream.on("close", resolve);
-    });
+    if (parts - fileParts > MAX_FIELDS) throw tooMany();
+    const value: Uint8Array[] = [];
+    let length = 0;
+    return {
+      data(bytes) {
+        length += bytes.byteLength;
+        if (length > MAX_FIELD_BYTES) throw errors.validation([{ field: part.name, issue: "Field value too long" }]);
+        value.push(bytes.slice());
+      },
+      end() {
+        fields[part.name] = Buffer.concat(value).toString("utf8");
+      },
+    };
   });
-  parser.on("field", (name, value, info) => {
-    if (info.valueTruncated) fail(errors.validation([{ field: name, issue: "Field value too long" }]));
-    fields[name] = value;
-  });
-  for (const limit of ["filesLimit", "fieldsLimit", "partsLimit"] as const) {
-    parser.on(limit, () =>
-      fail(errors.validation([{ field: "file", issue: "Send one file and at most a few fields" }])),
-    );
-  }
-  const closed = new Promise<void>((resolve, reject) => {
-    parser.on("close", resolve);
-    parser.on("error", (error: Error) => {
-      malformed(error);
-      reject(failure);
-    });
-  });
-  closed.catch(() => {});
 
+  // Every byte counts, not only the file's: a preamble, an epilogue or a big field could go on forever.
+  let received = 0;
   try {
-    if (!body) throw errors.badRequest("Malformed multipart body: empty");
-    // Every byte counts, not only the file's: a preamble, an epilogue or a big field could go on forever.
-    let received = 0;
-    for await (const chunk of body) {
+    for await (const chunk of watched(body, watch)) {
       received += chunk.byteLength;
-      if (received > limits.maxBytes + MULTIPART_OVERHEAD) fail(errors.tooLarge(limits.maxBytes));
-      if (failure) break;
-      if (!parser.write(chunk)) {
-        await Promise.race([new Promise((resolve) => parser.once("drain", resolve)), closed]);
-      }
+      if (received > limits.maxBytes + MULTIPART_OVERHEAD) throw errors.tooLarge(limits.maxBytes);
+      parser.push(chunk);
+      for (const bytes of toWrite.splice(0)) await pending.write(bytes);
     }
-    if (!failure) {
-      parser.end();
-      await closed;
-      await file?.done;
-    }
+    parser.end();
   } catch (error) {
-    if ((error as Error).name === "AbortError") fail(errors.badRequest("Upload aborted by the client"));
-    else fail(error as Error);
-  } finally {
-    if (failure) parser.destroy();
+    if (error instanceof MultipartError) throw errors.badRequest(`Malformed multipart body: ${error.message}`);
+    if ((error as Error).name === "AbortError") throw errors.badRequest("Upload aborted by the client");
+    throw error;
   }
-  if (failure) throw failure;
   if (!file) throw errors.validation([{ field: "file", issue: "A file part named 'file' is required" }]);
-  if (!(await contentMatches(file.contentType, Buffer.concat(head), utf8.valid()))) {
-    throw errors.unsupportedMediaType(`The content is not ${file.contentType}`);
-  }
-  return { filename: file.filename, contentType: file.contentType, size: file.size, hash: hash.digest("hex"), fields };
+  await file.inspector.requireMatch();
+  return {
+    filename: file.filename,
+    contentType: file.contentType,
+    size: file.inspector.size,
+    hash: file.inspector.digest(),
+    fields,
+  };
 }

@@ -29,9 +29,13 @@ interface Server {
  * (Bun's fetch) Bun keeps the socket with its unread body open, and a graceful stop would wait on it
  * forever (oven-sh/bun#35283).
  */
-async function withServer(overrides: Record<string, string>, run: (server: Server) => Promise<void>): Promise<void> {
+async function withServer(
+  overrides: Record<string, string>,
+  run: (server: Server) => Promise<void>,
+  listen: { idleTimeout?: number } = {},
+): Promise<void> {
   const ctx = await makeApp(overrides);
-  ctx.app.listen({ ...listenOptions(ctx.deps.config), port: 0, hostname: "127.0.0.1" });
+  ctx.app.listen({ ...listenOptions(ctx.deps.config), port: 0, hostname: "127.0.0.1", ...listen });
   try {
     const port = ctx.app.server?.port as number;
     const { access } = await signUp(ctx.app);
@@ -379,6 +383,43 @@ describe.skipIf(!CURL)(`files through a real socket${CURL ? "" : " (skipped: cur
         await live.text();
       });
     });
+  });
+
+  // Bun does not count body bytes as activity: its idle timeout cut uploads still sending (at 10 KB/s, its
+  // 30 s). Scaled: 500 bytes every 250 ms for 5 s against a 2 s idle timeout.
+  test("an upload still moving outlives the server's idle timeout", async () => {
+    await withServer(
+      { UPLOAD_IDLE_SECONDS: "2" },
+      async ({ port, token }) => {
+        const boundary = "slowboundary";
+        const head = `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="slow.txt"\r\nContent-Type: text/plain\r\n\r\n`;
+        const tail = `\r\n--${boundary}--\r\n`;
+        const size = 10_000;
+        const socket = net.connect(port, "127.0.0.1");
+        const answer = new Promise<string>((resolve) => {
+          let text = "";
+          socket.on("data", (data) => {
+            text += data.toString();
+          });
+          socket.on("close", () => resolve(text));
+          socket.on("error", () => {});
+        });
+        await new Promise<void>((resolve) => socket.once("connect", resolve));
+        socket.write(
+          `POST ${API}/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n` +
+            `Content-Type: multipart/form-data; boundary=${boundary}\r\nContent-Length: ${head.length + size + tail.length}\r\n\r\n${head}`,
+        );
+        for (let sent = 0; sent < size && !socket.destroyed; sent += 500) {
+          socket.write("s".repeat(500));
+          await Bun.sleep(250);
+        }
+        socket.write(tail);
+        const text = await answer;
+        expect(text.split("\r\n")[0]).toBe("HTTP/1.1 201 Created");
+        expect(JSON.parse(text.slice(text.indexOf("\r\n\r\n") + 4)).file_size).toBe(size);
+      },
+      { idleTimeout: 2 },
+    );
   });
 
   test("a 20 MiB upload is stored intact: same SHA-256 and length; a Range gets 206", async () => {

@@ -1,0 +1,196 @@
+import type { FileRow } from "../../db/schema";
+import { errors, loggableError } from "../../http/errors";
+import { type Scanner, ScannerBusyError, ScannerUnavailableError } from "../../platform/antivirus";
+import type { Logger } from "../../platform/logger";
+import type { Metrics } from "../../platform/metrics";
+import { type ObjectStorage, type PendingObject, StorageUnavailableError } from "../../platform/storage";
+import type { Notify } from "../realtime/model";
+import { cleanFilename, type FileInfo, toFileInfo } from "./model";
+import type { FilesRepo } from "./repo";
+import { type BodyWatch, MULTIPART_OVERHEAD, receiveUpload } from "./upload";
+
+export interface FilesConfig {
+  maxBytes: number;
+  allowedTypes: readonly string[];
+  /** Bytes a user may store in all; undefined: no quota. */
+  quota: number | undefined;
+  /** How long a body may go quiet, and take in all, before the upload ends (408). */
+  idleMs: number;
+  deadlineMs: number;
+}
+
+export interface IngestDeps {
+  repo: FilesRepo;
+  storage: ObjectStorage;
+  config: FilesConfig;
+  logger: Logger;
+  metrics: Pick<Metrics, "uploadStored" | "uploadScanned">;
+  /** Tells the owner's sockets; defaults to telling no one. */
+  notify?: Notify;
+  /** With CLAMAV_URL: every upload's stored bytes are scanned before its row; `failOpen` stores it unscanned when the scanner cannot answer. */
+  antivirus?: { scanner: Scanner; failOpen: boolean };
+  /** Aborted when the server stops waiting for in-flight requests: bodies still arriving get a 503. */
+  shutdown?: AbortSignal;
+}
+
+/** What an upload's bytes turned out to be, once inspected while they streamed. */
+export interface InspectedFile {
+  filename: string;
+  contentType: string;
+  size: number;
+  hash: string;
+  isPublic: boolean;
+}
+
+// Own keys only: `__proto__` or `constructor` must not read as a value.
+const BOOLEAN_FIELD = new Map([
+  ["true", true],
+  ["false", false],
+  ["1", true],
+  ["0", false],
+]);
+
+/**
+ * How uploads become files: bytes streamed into a temporary object under a new key, inspected on the
+ * way; then (`store`) made durable and size-checked, scanned from storage, inserted within the quota,
+ * committed, announced. Any failure leaves neither an object nor a row.
+ */
+export function createIngest(deps: IngestDeps) {
+  const { repo, storage, config, logger, metrics, notify = () => {}, antivirus } = deps;
+
+  /**
+   * Scans the stored bytes, so a slow client never holds a scanner connection. Fail-open applies only to a
+   * scanner that cannot answer; a busy one is a 503 with Retry-After, never a file stored unscanned.
+   */
+  async function requireClean(pending: PendingObject, ownerId: string, filename: string): Promise<void> {
+    if (!antivirus) return;
+    let verdict: Awaited<ReturnType<Scanner["scan"]>>;
+    try {
+      verdict = await antivirus.scanner.scan(pending.read(), ownerId);
+    } catch (error) {
+      if (error instanceof ScannerBusyError) {
+        logger.warn("upload refused: every virus scanner connection stayed busy", { user_id: ownerId });
+        throw errors.unavailable("The virus scanner is busy; try again shortly");
+      }
+      if (!(error instanceof ScannerUnavailableError)) throw error;
+      if (!antivirus.failOpen) {
+        logger.warn("upload refused: virus scanner unavailable", { user_id: ownerId, error: error.message });
+        throw errors.unavailable("The virus scanner is unavailable; try again later");
+      }
+      logger.warn("upload stored unscanned: virus scanner unavailable (CLAMAV_FAIL_OPEN)", {
+        user_id: ownerId,
+        error: error.message,
+      });
+      metrics.uploadScanned("unscanned");
+      return;
+    }
+    metrics.uploadScanned(verdict.infected ? "infected" : "clean");
+    if (!verdict.infected) return;
+    logger.warn("malware detected in an upload; not stored", {
+      user_id: ownerId,
+      signature: verdict.signature,
+      filename: cleanFilename(filename),
+    });
+    throw errors.malware(verdict.signature);
+  }
+
+  /** Removes what an upload left: its row (if any), its bytes and its temporary. */
+  async function discard(key: string, pending: PendingObject, rowId?: string): Promise<void> {
+    await Promise.all([rowId ? repo.delete(rowId) : undefined, pending.discard(), storage.delete(key)]).catch(
+      (cleanup: Error) => logger.error("upload cleanup failed", { storage_key: key, error: loggableError(cleanup) }),
+    );
+  }
+
+  /**
+   * Ends an upload whose bytes are all in `pending` and inspected: durable and size-checked, scanned,
+   * inserted within the quota, then committed and announced. On failure nothing is left.
+   */
+  async function store(owner: { id: string }, key: string, pending: PendingObject, file: InspectedFile) {
+    let row: FileRow | undefined;
+    try {
+      const stored = await pending.close();
+      if (stored !== file.size) {
+        throw new StorageUnavailableError("write", new Error(`${stored} of ${file.size} bytes stored`));
+      }
+      await requireClean(pending, owner.id, file.filename);
+      const inserted = await repo.insert(
+        {
+          ownerId: owner.id,
+          filename: cleanFilename(file.filename),
+          contentType: file.contentType,
+          fileSize: file.size,
+          fileHash: file.hash,
+          storageKey: key,
+          isPublic: file.isPublic,
+        },
+        config.quota,
+      );
+      if (inserted === "over-quota") throw errors.overQuota(config.quota as number);
+      row = inserted;
+      // Row first, then the bytes become readable: a crash in between leaves a temporary that the
+      // sweep commits (it has a row), never a row whose bytes are gone.
+      await storage.commit(key);
+      metrics.uploadStored(file.size);
+      const info = toFileInfo(row);
+      notify(owner.id, "file.uploaded", info);
+      return info;
+    } catch (caught) {
+      let error = caught;
+      if (row) {
+        // A sweep on another instance may have committed it meanwhile: then it is stored after all.
+        if (await storage.stat(key).catch(() => undefined)) return toFileInfo(row);
+        // Deleted (the file, or its owner) while it was being committed.
+        if (!(await repo.findById(row.id))) error = errors.conflict("The file was deleted while it was being stored");
+      }
+      await discard(key, pending, row?.id);
+      throw error;
+    }
+  }
+
+  /** A user already at the quota is told before a byte is read. */
+  async function requireRoom(ownerId: string): Promise<void> {
+    if (config.quota !== undefined && (await repo.bytesOf(ownerId)) >= config.quota) {
+      throw errors.overQuota(config.quota);
+    }
+  }
+
+  /** The bounds on a body's arrival, and the server's shutdown. */
+  const watch: BodyWatch = { idleMs: config.idleMs, deadlineMs: config.deadlineMs, shutdown: deps.shutdown };
+
+  return {
+    store,
+    discard,
+    requireRoom,
+    watch,
+
+    /** `POST /uploads`: one multipart body, its part `file` streamed into storage. */
+    async upload(
+      owner: { id: string },
+      request: { body: ReadableStream<Uint8Array> | null; contentType: string; contentLength: number | undefined },
+    ): Promise<FileInfo> {
+      if (!request.contentType.toLowerCase().startsWith("multipart/form-data")) {
+        throw errors.unsupportedMediaType("Send multipart/form-data with a part named 'file'");
+      }
+      if (request.contentLength !== undefined && request.contentLength > config.maxBytes + MULTIPART_OVERHEAD) {
+        throw errors.tooLarge(config.maxBytes);
+      }
+      await requireRoom(owner.id);
+      const key = Bun.randomUUIDv7();
+      const pending = await storage.begin(key);
+      let file: InspectedFile;
+      try {
+        const received = await receiveUpload(request.body, request.contentType, config, pending, watch);
+        const flag = received.fields.is_public;
+        const isPublic = flag === undefined ? false : BOOLEAN_FIELD.get(flag);
+        if (isPublic === undefined) throw errors.validation([{ field: "is_public", issue: "Must be true or false" }]);
+        file = { ...received, isPublic };
+      } catch (error) {
+        await discard(key, pending);
+        throw error;
+      }
+      return store(owner, key, pending, file);
+    },
+  };
+}
+
+export type Ingest = ReturnType<typeof createIngest>;
