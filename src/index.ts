@@ -9,6 +9,7 @@ import { runMigrations } from "./db/migrate";
 import { AppError } from "./http/errors";
 import { CLOSE_GOING_AWAY } from "./modules/realtime/service";
 import { AdminCreateBody } from "./modules/users/model";
+import { COMMAND_LINE } from "./modules/users/service";
 import { createStore, MemoryStore } from "./platform/kv";
 import { createLogger, type Logger } from "./platform/logger";
 import { createPubSub } from "./platform/pubsub";
@@ -68,7 +69,7 @@ async function createAdminCommand(config: Config, logger: Logger, username?: str
   try {
     await runMigrations(db);
     const { users } = createServices({ config, db, kv: new MemoryStore(), logger });
-    const admin = await users.create(account);
+    const admin = await users.create(account, COMMAND_LINE);
     logger.info("admin created", { id: admin.id, username: admin.username });
   } catch (error) {
     if (error instanceof AppError) throw new CliError(`create-admin: ${error.message}`);
@@ -94,6 +95,8 @@ async function serveCommand(config: Config, logger: Logger) {
     .recover(ORPHAN_AGE_MS)
     .then((done) => (done.committed || done.removed) && logger.info("recovered temporary uploads", done))
     .catch((error: Error) => logger.warn("recovery of temporary uploads failed", { error: error.message }));
+  // Every instance runs it; a lock in the database lets one prune at a time.
+  const stopRetention = services.audit.startRetention();
   const app = createApp(deps, services).listen(listenOptions(config));
   const server = app.server;
   if (!server) throw new Error("server did not start");
@@ -117,6 +120,7 @@ async function serveCommand(config: Config, logger: Logger) {
     while (inFlight.count > 0 && Date.now() < deadline) await Bun.sleep(20);
     if (inFlight.count > 0) logger.warn("in-flight requests cut off after timeout", { in_flight: inFlight.count });
     services.realtime.closeAll(CLOSE_GOING_AWAY, "Server shutting down");
+    stopRetention();
     // Then close what is left: idle keep-alive sockets, and those whose unread body Bun holds after an
     // early answer (an oversize upload from a keep-alive client), which a graceful stop waits on forever.
     await server.stop(true);

@@ -44,3 +44,11 @@ export function createMailer(options: {
     },
   };
 }
+
+/** A mailed link: `{token}` in `base` is replaced if present, else a `token` query parameter is added. */
+export function linkWithToken(base: string, token: string): string {
+  if (base.includes("{token}")) return base.replaceAll("{token}", encodeURIComponent(token));
+  const url = new URL(base);
+  url.searchParams.set("token", token);
+  return url.toString();
+}

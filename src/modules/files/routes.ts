@@ -1,5 +1,5 @@
 import { Elysia, t } from "elysia";
-import { type AuthGuard, BEARER_SECURITY, optionalAuth, requireAuth } from "../../http/auth";
+import { type AuthGuard, BEARER_SECURITY, optionalAuth, requireAuth, requireVerifiedEmail } from "../../http/auth";
 import { errorResponses } from "../../http/errors";
 import { perUser, type RateLimits } from "../../http/rate-limit";
 import { IdParams, type PublicUser } from "../users/model";
@@ -38,11 +38,11 @@ export function filesRoutes<P extends FilesPrincipal>(deps: {
     });
   };
   const upload = {
-    auth: requireAuth,
+    auth: requireVerifiedEmail,
     rateLimit: { rule: "upload" as const, key: perUser },
     response: {
       201: t.Composite([FileInfo], { description: "The stored file" }),
-      ...errorResponses(400, 401, 413, 415, 422),
+      ...errorResponses(400, 401, 403, 413, 415, 422),
     },
     detail: {
       ...secured(
