@@ -58,7 +58,9 @@ export function createAuditRepo(orm: Orm) {
           .where(
             and(
               where(filter),
-              after ? sql`(${auditEvents.at}, ${auditEvents.id}) < (${after.at}, ${after.id})` : undefined,
+              after
+                ? sql`(${auditEvents.at}, ${auditEvents.id}) < (${after.at.toISOString()}::timestamptz, ${after.id}::uuid)`
+                : undefined,
             ),
           )
           .orderBy(...newestFirst)
