@@ -208,6 +208,8 @@ export function createServices(deps: AppDeps) {
     passwordAttempts: limits.attempts("passwordChange"),
     codeAttempts: limits.attempts("mfa"),
     now: deps.now ?? Date.now,
+    mailer,
+    logger,
   });
   const auth = createAuthService({
     config,
@@ -229,6 +231,9 @@ export function createServices(deps: AppDeps) {
     sessions,
     audit,
     settings: config.webauthn,
+    sessionStartedAt: async (id) => (await authRepo.findSession(id))?.createdAt,
+    mailer,
+    logger,
   });
   return { users, auth, files, limits, realtime, metrics, antivirus, audit, mfa, passkeys, verification };
 }

@@ -52,3 +52,12 @@ export function linkWithToken(base: string, token: string): string {
   url.searchParams.set("token", token);
   return url.toString();
 }
+
+/** Sends without making the caller wait or fail: a slow or failing SMTP server is logged, not answered. */
+export function sendInBackground(mailer: Mailer, logger: Logger, message: MailMessage, userId: string): void {
+  mailer
+    .send(message)
+    .catch((error: Error) =>
+      logger.error("mail failed", { user_id: userId, subject: message.subject, error: error.message }),
+    );
+}

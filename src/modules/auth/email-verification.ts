@@ -2,7 +2,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { errors } from "../../http/errors";
 import type { RequestMeta } from "../../http/request-meta";
 import type { Logger } from "../../platform/logger";
-import { linkWithToken, type Mailer, type MailMessage } from "../../platform/mail";
+import { linkWithToken, type Mailer, sendInBackground } from "../../platform/mail";
 import type { AuditLog } from "../audit/service";
 import { type PublicUser, toPublicUser } from "../users/model";
 import type { VerificationRepo } from "./verification-repo";
@@ -27,15 +27,6 @@ export function createEmailVerification(deps: {
 }) {
   const { repo, audit, mailer, logger, config, userChanged } = deps;
 
-  /** Not awaited by the callers' answers: a slow or failing SMTP server must not fail a registration. */
-  function deliver(message: MailMessage, userId: string) {
-    mailer
-      .send(message)
-      .catch((error: Error) =>
-        logger.error("mail failed", { user_id: userId, subject: message.subject, error: error.message }),
-      );
-  }
-
   async function send(user: Addressee): Promise<void> {
     const token = randomBytes(32).toString("base64url");
     await repo.insert({
@@ -44,7 +35,10 @@ export function createEmailVerification(deps: {
       email: user.email,
       expiresAt: new Date(Date.now() + config.lifetimeHours * 3_600_000),
     });
-    deliver(
+    // Not awaited: a slow or failing SMTP server must not fail a registration.
+    sendInBackground(
+      mailer,
+      logger,
       {
         to: user.email,
         subject: "Verify your ReViewPoint email address",
@@ -66,7 +60,9 @@ export function createEmailVerification(deps: {
     /** The new address gets a link; the old one is told, so a hijacked account's owner hears of it. */
     async emailChanged(user: Addressee, previousEmail: string): Promise<void> {
       await send(user);
-      deliver(
+      sendInBackground(
+        mailer,
+        logger,
         {
           to: previousEmail,
           subject: "Your ReViewPoint email address was changed",

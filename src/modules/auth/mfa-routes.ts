@@ -2,6 +2,7 @@ import { Elysia, t } from "elysia";
 import { type AuthGuard, BEARER_SECURITY, requireAuth, requirePermission } from "../../http/auth";
 import { errorResponses } from "../../http/errors";
 import type { MetaReader } from "../../http/request-meta";
+import { noStore } from "../../http/security-headers";
 import { IdParams } from "../users/model";
 import type { MfaService } from "./mfa";
 import { type Principal, RecoveryCodes, TotpConfirmBody, TotpDisableBody, TotpEnrolBody, TotpEnrolment } from "./model";
@@ -17,26 +18,40 @@ export function mfaRoutes(deps: { mfa: MfaService; guard: AuthGuard<Principal>; 
   const { mfa, guard, meta } = deps;
   const totp = new Elysia({ prefix: "/auth/mfa/totp", detail: { tags: ["auth"] } })
     .use(guard)
-    .post("", ({ principal, body }) => mfa.enrol(principal.user, body.password), {
-      auth: requireAuth,
-      body: TotpEnrolBody,
-      response: { 200: TotpEnrolment, ...errorResponses(401, 409, 422, 429) },
-      detail: secured(
-        "auth_totp_enrol",
-        "Start a TOTP enrolment",
-        "Needs the password (attempts limited like a password change). Answers the secret and an otpauth:// URL, this once; TOTP is required at login only after `POST /auth/mfa/totp/confirm`. 409 when TOTP is enabled already.",
-      ),
-    })
-    .post("/confirm", (context) => mfa.confirm(context.principal.user, context.body.code, meta(context)), {
-      auth: requireAuth,
-      body: TotpConfirmBody,
-      response: { 200: RecoveryCodes, ...errorResponses(401, 409, 422, 429) },
-      detail: secured(
-        "auth_totp_confirm",
-        "Confirm the TOTP enrolment with a code",
-        "Enables TOTP and answers ten one-time recovery codes, this once. 409 without an enrolment in progress; 422 for a wrong code.",
-      ),
-    })
+    .post(
+      "",
+      ({ principal, body, set }) => {
+        noStore(set);
+        return mfa.enrol(principal.user, body.password);
+      },
+      {
+        auth: requireAuth,
+        body: TotpEnrolBody,
+        response: { 200: TotpEnrolment, ...errorResponses(401, 409, 422, 429) },
+        detail: secured(
+          "auth_totp_enrol",
+          "Start a TOTP enrolment",
+          "Needs the password (attempts limited like a password change). Answers the secret and an otpauth:// URL, this once; TOTP is required at login only after `POST /auth/mfa/totp/confirm`. 409 when TOTP is enabled already.",
+        ),
+      },
+    )
+    .post(
+      "/confirm",
+      (context) => {
+        noStore(context.set);
+        return mfa.confirm(context.principal.user, context.body.code, meta(context));
+      },
+      {
+        auth: requireAuth,
+        body: TotpConfirmBody,
+        response: { 200: RecoveryCodes, ...errorResponses(401, 409, 422, 429) },
+        detail: secured(
+          "auth_totp_confirm",
+          "Confirm the TOTP enrolment with a code",
+          "Enables TOTP and answers ten one-time recovery codes, this once. 409 without an enrolment in progress; 422 for a wrong code.",
+        ),
+      },
+    )
     .delete(
       "",
       async (context) => {

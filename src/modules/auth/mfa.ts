@@ -3,6 +3,8 @@ import { Secret, TOTP } from "otpauth";
 import type { Executor } from "../../db/client";
 import { errors } from "../../http/errors";
 import type { RequestMeta } from "../../http/request-meta";
+import type { Logger } from "../../platform/logger";
+import { type Mailer, sendInBackground } from "../../platform/mail";
 import type { PasswordHasher } from "../../platform/passwords";
 import type { SecretBox } from "../../platform/secret-box";
 import type { AuditLog } from "../audit/service";
@@ -27,6 +29,7 @@ function recoveryCode(): string {
   return `${chars.slice(0, 4)}-${chars.slice(4, 8)}-${chars.slice(8)}`;
 }
 
+/** Codes as typed: spaces and hyphens (apps show "123 456", recovery codes come as xxxx-xxxx-xxxx) and case do not count. */
 const normalise = (code: string) => code.toLowerCase().replace(/[\s-]/g, "");
 const isTotpCode = (code: string) => /^\d{6}$/.test(code);
 
@@ -48,8 +51,23 @@ export function createMfaService(deps: {
   codeAttempts: AttemptLimit;
   /** Milliseconds since the epoch: the time codes are checked against. */
   now: () => number;
+  mailer: Mailer;
+  logger: Logger;
 }) {
   const { repo, users, passwords, box, hashRecoveryCode, audit, passwordAttempts, codeAttempts, now } = deps;
+
+  /** The owner hears of it, whoever turned TOTP off. */
+  const toldOff = (user: { id: string; username: string; email: string }, by: string) =>
+    sendInBackground(
+      deps.mailer,
+      deps.logger,
+      {
+        to: user.email,
+        subject: "Two-step sign-in was turned off on your ReViewPoint account",
+        text: `TOTP codes are no longer asked of ${user.username} at sign-in (turned off by ${by}).\n\nIf you did not expect this, change your password and turn it on again.`,
+      },
+      user.id,
+    );
 
   const totp = (secret: Secret, label = "") =>
     new TOTP({ issuer: ISSUER, label, algorithm: "SHA1", digits: 6, period: PERIOD_SECONDS, secret });
@@ -95,11 +113,11 @@ export function createMfaService(deps: {
 
   /** What `code` would prove for this user (the TOTP step it matches, or a recovery code to try). */
   function proofOf(row: MfaRow, code: string): MfaProof | undefined {
-    if (isTotpCode(code)) {
-      const step = matchingStep(row, code);
+    const normalised = normalise(code);
+    if (isTotpCode(normalised)) {
+      const step = matchingStep(row, normalised);
       return step === undefined ? undefined : { kind: "totp", step };
     }
-    const normalised = normalise(code);
     return normalised.length === 12 ? { kind: "recovery_code", hash: hashRecoveryCode(normalised) } : undefined;
   }
 
@@ -139,7 +157,8 @@ export function createMfaService(deps: {
       const row = await repo.find(user.id);
       if (!row) throw errors.conflict("No TOTP enrolment in progress; start one first");
       if (row.enabledAt) throw errors.conflict("TOTP is already enabled");
-      const step = isTotpCode(code) ? matchingStep(row, code) : undefined;
+      const typed = normalise(code);
+      const step = isTotpCode(typed) ? matchingStep(row, typed) : undefined;
       if (step === undefined) {
         await failed(user.id, "confirm", meta);
         throw errors.validation([{ field: "code", issue: "The code is wrong or expired" }]);
@@ -192,13 +211,15 @@ export function createMfaService(deps: {
         await failed(user.id, "disable", meta);
         throw errors.validation([{ field: "code", issue: "The code is wrong, expired or already used" }]);
       }
+      toldOff(user, "the account itself");
     },
 
     /** An admin turns a user's TOTP off (the user lost the authenticator and the recovery codes). */
     async adminReset(userId: string, actorId: string, meta: RequestMeta): Promise<void> {
-      if (!(await users.findById(userId))) throw errors.notFound("User");
-      await audit.transaction(async (tx) => {
-        if (!(await repo.remove(tx, userId))) return;
+      const user = await users.findById(userId);
+      if (!user) throw errors.notFound("User");
+      const removed = await audit.transaction(async (tx) => {
+        if (!(await repo.remove(tx, userId))) return false;
         await audit.record(tx, {
           action: "mfa.disabled",
           actorId,
@@ -206,7 +227,9 @@ export function createMfaService(deps: {
           details: { by: "admin" },
           meta,
         });
+        return true;
       });
+      if (removed) toldOff(user, "an administrator");
     },
   };
 }

@@ -5,6 +5,7 @@ import { errorResponses } from "../../http/errors";
 import type { RateLimits } from "../../http/rate-limit";
 import { perIp } from "../../http/rate-limit";
 import type { MetaReader } from "../../http/request-meta";
+import { noStore } from "../../http/security-headers";
 import { IdParams } from "../users/model";
 import {
   AuthenticationResponse,
@@ -18,7 +19,7 @@ import {
   RequestOptions,
   Tokens,
 } from "./model";
-import type { PasskeyService } from "./passkeys";
+import { type PasskeyService, RECENT_LOGIN_MINUTES } from "./passkeys";
 
 const secured = (operationId: string, summary: string, description?: string) => ({
   operationId,
@@ -47,14 +48,14 @@ export function passkeyRoutes(deps: {
   return new Elysia({ prefix: "/auth/passkeys", detail: { tags: ["auth"] } })
     .use(guard)
     .use(limits)
-    .post("/register/options", ({ principal }) => passkeys.registrationOptions(principal.user), {
+    .post("/register/options", ({ principal }) => passkeys.registrationOptions(principal.user, principal.claims.sid), {
       auth: requireAuth,
       body: EmptyBody,
-      response: { 200: CreationOptions, ...errorResponses(401, 404, 422) },
+      response: { 200: CreationOptions, ...errorResponses(401, 403, 404, 422) },
       detail: secured(
         "auth_passkey_register_options",
         "Start registering a passkey",
-        "Answers `PublicKeyCredentialCreationOptionsJSON` for `startRegistration({optionsJSON})` of @simplewebauthn/browser: a discoverable credential with user verification. The challenge lives 5 minutes and works once. 404 when passkeys are not configured.",
+        `Answers \`PublicKeyCredentialCreationOptionsJSON\` for \`startRegistration({optionsJSON})\` of @simplewebauthn/browser: a discoverable credential with user verification. The challenge lives 5 minutes and works once. 403 unless this session logged in within the last ${RECENT_LOGIN_MINUTES} minutes; 404 when passkeys are not configured.`,
       ),
     })
     .post(
@@ -62,6 +63,7 @@ export function passkeyRoutes(deps: {
       async (context) => {
         const created = await passkeys.register(
           context.principal.user,
+          context.principal.claims.sid,
           registration(context.body),
           context.query.name,
           meta(context),
@@ -74,13 +76,13 @@ export function passkeyRoutes(deps: {
         body: RegistrationResponse,
         query: PasskeyNameQuery,
         response: {
-          201: t.Composite([PasskeyInfo], { description: "The passkey is registered" }),
-          ...errorResponses(400, 401, 404, 409, 422),
+          201: t.Composite([PasskeyInfo], { description: "The passkey is registered; the user is told by mail" }),
+          ...errorResponses(400, 401, 403, 404, 409, 422),
         },
         detail: secured(
           "auth_passkey_register_verify",
           "Finish registering a passkey",
-          "Takes `startRegistration()`'s result as it is (`?name=` names the passkey). 400 when the challenge is unknown, expired or used, or the attestation does not verify (origin, RP id, user verification).",
+          `Takes \`startRegistration()\`'s result as it is (\`?name=\` names the passkey). 400 when the challenge is unknown, expired or used, or the attestation does not verify (origin, RP id, user verification); 403 unless this session logged in within the last ${RECENT_LOGIN_MINUTES} minutes.`,
         ),
       },
     )
@@ -113,15 +115,22 @@ export function passkeyRoutes(deps: {
           "Answers `PublicKeyCredentialRequestOptionsJSON` for `startAuthentication({optionsJSON})`, with no credential list: the authenticator offers its discoverable passkeys. The challenge lives 5 minutes and works once.",
       },
     })
-    .post("/login/verify", (context) => passkeys.login(authentication(context.body), meta(context)), {
-      body: AuthenticationResponse,
-      rateLimit: { rule: "loginIp", key: perIp },
-      response: { 200: Tokens, ...errorResponses(400, 401, 404, 422, 429) },
-      detail: {
-        operationId: "auth_passkey_login_verify",
-        summary: "Sign in with a passkey",
-        description:
-          "Takes `startAuthentication()`'s result as it is. A verified passkey is a full login (it satisfies MFA) and starts a session. 401 when the challenge is unknown, expired or used, the signature or origin does not verify, the signature counter did not move forward (a cloned authenticator: audited), or the account is deactivated.",
+    .post(
+      "/login/verify",
+      (context) => {
+        noStore(context.set);
+        return passkeys.login(authentication(context.body), meta(context));
       },
-    });
+      {
+        body: AuthenticationResponse,
+        rateLimit: { rule: "loginIp", key: perIp },
+        response: { 200: Tokens, ...errorResponses(400, 401, 404, 422, 429) },
+        detail: {
+          operationId: "auth_passkey_login_verify",
+          summary: "Sign in with a passkey",
+          description:
+            "Takes `startAuthentication()`'s result as it is. A verified passkey is a full login (it satisfies MFA) and starts a session. 401 when the challenge is unknown, expired or used, the signature or origin does not verify, the signature counter did not move forward (a cloned authenticator: audited), or the account is deactivated.",
+        },
+      },
+    );
 }

@@ -8,6 +8,8 @@ import {
 } from "@simplewebauthn/server";
 import { errors } from "../../http/errors";
 import type { RequestMeta } from "../../http/request-meta";
+import type { Logger } from "../../platform/logger";
+import { type Mailer, sendInBackground } from "../../platform/mail";
 import type { AuditLog } from "../audit/service";
 import { type PublicUser, toPublicUser } from "../users/model";
 import type { UsersRepo } from "../users/repo";
@@ -17,6 +19,11 @@ import type { Sessions } from "./sessions";
 
 /** How long a challenge waits for its answer. */
 const CHALLENGE_MS = 5 * 60_000;
+/**
+ * A passkey is added only from a session that logged in this recently: an access token stolen from an
+ * older session cannot plant a credential of its own (which would outlive the token and skip TOTP).
+ */
+export const RECENT_LOGIN_MINUTES = 15;
 const RP_NAME = "ReViewPoint";
 
 export interface WebAuthnSettings {
@@ -51,8 +58,21 @@ export function createPasskeyService(deps: {
   audit: AuditLog;
   /** Undefined when no origin is configured (ALLOWED_ORIGINS `*` without WEBAUTHN_ORIGINS). */
   settings: WebAuthnSettings | undefined;
+  /** When the session logged in (undefined: no such session). */
+  sessionStartedAt: (sessionId: string) => Promise<Date | undefined>;
+  mailer: Mailer;
+  logger: Logger;
 }) {
-  const { repo, users, sessions, audit } = deps;
+  const { repo, users, sessions, audit, sessionStartedAt, mailer, logger } = deps;
+
+  async function requireRecentLogin(sessionId: string) {
+    const startedAt = await sessionStartedAt(sessionId);
+    if (!startedAt || Date.now() - startedAt.getTime() > RECENT_LOGIN_MINUTES * 60_000) {
+      throw errors.forbidden(
+        `Adding a passkey needs a recent sign-in: log in again (within ${RECENT_LOGIN_MINUTES} minutes)`,
+      );
+    }
+  }
 
   function configured(): WebAuthnSettings {
     if (!deps.settings) throw errors.notFound("Passkey support (WEBAUTHN_ORIGINS is not configured)");
@@ -103,8 +123,9 @@ export function createPasskeyService(deps: {
     },
 
     /** Options for navigator.credentials.create(): a discoverable credential with user verification. */
-    async registrationOptions(user: PublicUser) {
+    async registrationOptions(user: PublicUser, sessionId: string) {
       const { rpId } = configured();
+      await requireRecentLogin(sessionId);
       const existing = await repo.listForUser(user.id);
       const options = await generateRegistrationOptions({
         rpName: RP_NAME,
@@ -126,9 +147,16 @@ export function createPasskeyService(deps: {
       return options;
     },
 
-    /** Verifies the attestation against the user's own live challenge and keeps the credential. */
-    async register(user: PublicUser, response: RegistrationResponseJSON, name: string | undefined, meta: RequestMeta) {
+    /** Verifies the attestation against the user's own live challenge and keeps the credential; the user is told by mail. */
+    async register(
+      user: PublicUser,
+      sessionId: string,
+      response: RegistrationResponseJSON,
+      name: string | undefined,
+      meta: RequestMeta,
+    ) {
       const { rpId, origins } = configured();
+      await requireRecentLogin(sessionId);
       const challenge = challengeOf(response.response.clientDataJSON);
       if (!challenge) throw unreadable();
       if (!(await repo.takeChallenge(challenge, "register", user.id))) {
@@ -166,6 +194,16 @@ export function createPasskeyService(deps: {
         });
         return inserted;
       });
+      sendInBackground(
+        mailer,
+        logger,
+        {
+          to: user.email,
+          subject: "A passkey was added to your ReViewPoint account",
+          text: `A passkey named "${row.name}" was added to ${user.username} and can now sign in without a password.\n\nIf you did not add it, remove it under your account's passkeys, change your password and log out everywhere.`,
+        },
+        user.id,
+      );
       return { id: row.id, name: row.name, created_at: row.createdAt.toISOString() };
     },
 

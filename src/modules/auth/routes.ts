@@ -3,6 +3,7 @@ import { type AuthGuard, BEARER_SECURITY, requireAuth } from "../../http/auth";
 import { errorResponses, errors } from "../../http/errors";
 import { type LimitSpec, perIp, perUser, type RateLimits } from "../../http/rate-limit";
 import type { MetaReader } from "../../http/request-meta";
+import { noStore } from "../../http/security-headers";
 import { IdParams, RegisterBody, User } from "../users/model";
 import type { UsersService } from "../users/service";
 import type { EmailVerification } from "./email-verification";
@@ -69,6 +70,7 @@ export function authRoutes(deps: {
       (context) => {
         const identifier = loginIdentifier(context.body);
         if (!identifier) throw errors.validation([{ field: "username", issue: "Username or email is required" }]);
+        noStore(context.set);
         return auth.login(identifier, context.body.password, meta(context));
       },
       {
@@ -86,23 +88,31 @@ export function authRoutes(deps: {
         },
       },
     )
-    .post("/login/mfa", (context) => auth.loginWithCode(context.body.mfa_token, context.body.code, meta(context)), {
-      body: MfaLoginBody,
-      rateLimit: { rule: "loginIp", key: perIp },
-      response: { 200: Tokens, ...errorResponses(401, 422, 429) },
-      detail: {
-        operationId: "auth_login_mfa",
-        summary: "Finish a login with a TOTP or recovery code",
-        description:
-          "`mfa_token` from `POST /auth/login` (5 minutes; spent by the login it completes) and a 6-digit TOTP code or a recovery code. Each code works once; guesses are limited per account (`RATE_LIMIT_MFA`) and audited.",
+    .post(
+      "/login/mfa",
+      (context) => {
+        noStore(context.set);
+        return auth.loginWithCode(context.body.mfa_token, context.body.code, meta(context));
       },
-    })
+      {
+        body: MfaLoginBody,
+        rateLimit: { rule: "loginIp", key: perIp },
+        response: { 200: Tokens, ...errorResponses(401, 422, 429) },
+        detail: {
+          operationId: "auth_login_mfa",
+          summary: "Finish a login with a TOTP or recovery code",
+          description:
+            "`mfa_token` from `POST /auth/login` (5 minutes; spent by the login it completes) and a 6-digit TOTP code or a recovery code. Each code works once; guesses are limited per account (`RATE_LIMIT_MFA`) and audited.",
+        },
+      },
+    )
     .post(
       "/refresh",
       (context) => {
         const { body, request } = context;
         const token = body?.refresh_token ?? bearerToken(request.headers.get("authorization") ?? undefined);
         if (!token) throw errors.unauthenticated("AUTHENTICATION_REQUIRED", "Refresh token required");
+        noStore(context.set);
         return auth.refresh(token, meta(context));
       },
       {

@@ -1,7 +1,8 @@
 import { describe, expect, test } from "bun:test";
 import { eq } from "drizzle-orm";
-import { auditEvents, passkeys, webauthnChallenges } from "../../../src/db/schema";
-import { type Account, API, call, expectError, makeApp, signUp, type TestContext } from "../../support";
+import { auditEvents, authSessions, passkeys, webauthnChallenges } from "../../../src/db/schema";
+import type { MailMessage } from "../../../src/platform/mail";
+import { type Account, API, call, expectError, login, makeApp, signUp, type TestContext } from "../../support";
 import { type Overrides, SoftAuthenticator } from "../../webauthn";
 
 const ORIGIN = "http://localhost:5173";
@@ -52,6 +53,7 @@ describe("passkeys", () => {
     const signedIn = await signIn(ctx, authenticator);
     expect(signedIn.status).toBe(200);
     expect(signedIn.json.token_type).toBe("bearer");
+    expect(signedIn.headers.get("cache-control")).toBe("no-store");
     const me = await call(ctx.app, "GET", `${API}/users/me`, { token: signedIn.json.access_token });
     expect(me.json.id).toBe(account.id);
     const sessions = await call(ctx.app, "GET", `${API}/auth/sessions`, { token: signedIn.json.access_token });
@@ -63,6 +65,32 @@ describe("passkeys", () => {
     expect((await events(ctx, "passkey.added")).map((e) => e.targetId)).toEqual([verified.json.id]);
     const logins = await events(ctx, "login.succeeded");
     expect(logins.map((e) => e.details.method).sort()).toEqual(["passkey", "password"]);
+  });
+
+  test("only a recent login adds a passkey (a stolen token of an older session cannot); the owner is told by mail", async () => {
+    const mails: MailMessage[] = [];
+    const ctx = await makeApp({}, { mailer: { send: async (mail) => void mails.push(mail) } });
+    const account = await signUp(ctx.app);
+    const options = await registrationOptions(ctx, account);
+    // The session logged in 20 minutes ago (refreshing it since changes nothing).
+    await ctx.deps.db.orm
+      .update(authSessions)
+      .set({ createdAt: new Date(Date.now() - 20 * 60_000) })
+      .where(eq(authSessions.userId, account.id));
+    const late = await call(ctx.app, "POST", `${API}/auth/passkeys/register/options`, {
+      token: account.access,
+      body: {},
+    });
+    expectError(late, 403, "PERMISSION_DENIED");
+    const planted = await verifyRegistration(ctx, account, new SoftAuthenticator(ORIGIN).register(options));
+    expectError(planted, 403, "PERMISSION_DENIED");
+    expect(await ctx.deps.db.orm.select().from(passkeys)).toEqual([]);
+
+    const fresh = await login(ctx.app, account.username);
+    await registerPasskey(ctx, { ...account, access: fresh.access_token });
+    const notice = mails.find((mail) => mail.subject.includes("passkey was added"));
+    expect(notice?.to).toBe(account.email);
+    expect(notice?.text).toContain('"Laptop"');
   });
 
   test("a challenge works once: a replayed sign-in or registration is refused", async () => {

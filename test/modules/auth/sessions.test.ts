@@ -58,6 +58,7 @@ describe("sessions", () => {
     await Bun.sleep(5);
     const rotated = await refresh(ctx, laptop.refresh_token);
     expect(rotated.status).toBe(200);
+    expect(rotated.headers.get("cache-control")).toBe("no-store");
     const after = (await sessionsOf(ctx, rotated.json.access_token)).json.items.find(
       (s: { id: string }) => s.id === before.id,
     );

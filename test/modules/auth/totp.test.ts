@@ -2,6 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { eq } from "drizzle-orm";
 import { SignJWT } from "jose";
 import { auditEvents, mfaRecoveryCodes, userMfa } from "../../../src/db/schema";
+import type { Mailer, MailMessage } from "../../../src/platform/mail";
 import {
   type Account,
   API,
@@ -20,21 +21,23 @@ import { SoftAuthenticator } from "../../webauthn";
 const STEP = 30_000;
 
 /** An app whose TOTP clock the test moves, and one account with TOTP enabled through oathtool's codes. */
-async function withTotp(overrides: Record<string, string> = {}) {
+async function withTotp(overrides: Record<string, string> = {}, mailer?: Mailer) {
   const clock = testClock();
-  const ctx = await makeApp(overrides, { now: clock.now });
+  const ctx = await makeApp(overrides, { now: clock.now, mailer });
   const account = await signUp(ctx.app);
   const enrolment = await call(ctx.app, "POST", `${API}/auth/mfa/totp`, {
     token: account.access,
     body: { password: PASSWORD },
   });
   expect(enrolment.status).toBe(200);
+  expect(enrolment.headers.get("cache-control")).toBe("no-store");
   const { secret } = enrolment.json as { secret: string; otpauth_url: string };
   const confirmed = await call(ctx.app, "POST", `${API}/auth/mfa/totp/confirm`, {
     token: account.access,
     body: { code: await oathtool(secret, clock.now()) },
   });
   expect(confirmed.status).toBe(200);
+  expect(confirmed.headers.get("cache-control")).toBe("no-store");
   clock.advance(STEP);
   return {
     ctx,
@@ -78,8 +81,11 @@ describe.skipIf(!HAS_OATHTOOL)("TOTP with oathtool as the authenticator", () => 
     const challenge = await passwordStep(ctx, account);
     expect(Object.keys(challenge).sort()).toEqual(["methods", "mfa_required", "mfa_token"]);
     expect(challenge).toMatchObject({ mfa_required: true, methods: ["totp"] });
-    const done = await codeStep(ctx, challenge.mfa_token, await oathtool(secret, clock.now()));
+    // As an authenticator app shows it.
+    const code = await oathtool(secret, clock.now());
+    const done = await codeStep(ctx, challenge.mfa_token, `${code.slice(0, 3)} ${code.slice(3)}`);
     expect(done.status).toBe(200);
+    expect(done.headers.get("cache-control")).toBe("no-store");
     expect(Object.keys(done.json).sort()).toEqual(["access_token", "expires_in", "refresh_token", "token_type"]);
     expect((await call(ctx.app, "GET", `${API}/users/me`, { token: done.json.access_token })).json.id).toBe(account.id);
     expect((await events(ctx, "mfa.enabled")).map((e) => e.targetId)).toEqual([account.id]);
@@ -205,8 +211,9 @@ describe.skipIf(!HAS_OATHTOOL)("TOTP with oathtool as the authenticator", () => 
     expect(off.map((e) => [e.actorId, e.targetId, e.details.by])).toEqual([[account.id, account.id, "self"]]);
   });
 
-  test("an admin may turn a user's TOTP off; others may not", async () => {
-    const { ctx, account } = await withTotp();
+  test("an admin may turn a user's TOTP off; others may not; the user is told", async () => {
+    const mails: MailMessage[] = [];
+    const { ctx, account } = await withTotp({}, { send: async (mail) => void mails.push(mail) });
     const admin = await signUp(ctx.app);
     await promote(ctx.deps.db, admin.id);
     const adminToken = (
@@ -220,6 +227,9 @@ describe.skipIf(!HAS_OATHTOOL)("TOTP with oathtool as the authenticator", () => 
     expect((await passwordStep(ctx, account)).access_token).toBeString();
     const off = await events(ctx, "mfa.disabled");
     expect(off.map((e) => [e.actorId, e.targetId, e.details.by])).toEqual([[admin.id, account.id, "admin"]]);
+    const notice = mails.find((mail) => mail.subject.includes("turned off"));
+    expect(notice?.to).toBe(account.email);
+    expect(notice?.text).toContain("an administrator");
   });
 
   test("the secret is sealed at rest, the recovery codes hashed, and neither is ever shown or logged again", async () => {
