@@ -17,8 +17,6 @@ function rowsOf<T>(result: unknown): T[] {
 
 export function createAuthRepo(orm: Orm) {
   return {
-    transaction: <T>(work: (tx: Tx) => Promise<T>) => orm.transaction(work),
-
     /** On `executor`: a login's session goes in the transaction that records the login. */
     async createSession(executor: Executor, session: NewSession) {
       const now = new Date();
