@@ -186,7 +186,7 @@ export function createServices(deps: AppDeps) {
     passwords,
     hooks: {
       userChanged: access.userChanged,
-      endSessions: (id, keep) => access.revokeUserSessions(id, keep),
+      endSessions: access.revokeUserSessions,
       userUpdated: (user) => realtime.notify(user.id, "user.updated", user),
       bytesRemover: files.bytesRemover,
       verifyEmail: verification.send,

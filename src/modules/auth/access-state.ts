@@ -302,8 +302,8 @@ export function createAccessState(deps: {
     revoke,
 
     /** Ends every login of a user except `keep`: refresh tokens stop at once, access tokens too. */
-    async revokeUserSessions(userId: string, keep?: string, record?: RevocationRecorder) {
-      await revoke({ userId, sessions: "all", keep }, record);
+    async revokeUserSessions(userId: string, keep?: string) {
+      await revoke({ userId, sessions: "all", keep });
     },
   };
 }
