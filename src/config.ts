@@ -346,6 +346,10 @@ export function loadConfig(raw: Record<string, string | undefined>): Config {
     ...rest
   } = env;
   const allowedOrigins = parseOrigins(ALLOWED_ORIGINS);
+  if (env.REQUIRE_VERIFIED_EMAIL && env.ENVIRONMENT === "production" && !env.SMTP_URL) {
+    // No verification mail could reach anyone: nobody could ever upload.
+    throw new ConfigError("config: REQUIRE_VERIFIED_EMAIL=true needs SMTP_URL in production");
+  }
   const uploadDir = resolve(storageDir(env.STORAGE_URL) ?? env.UPLOAD_DIR ?? join(dataDir, "uploads"));
   return {
     ...rest,
