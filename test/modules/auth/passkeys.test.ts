@@ -106,6 +106,15 @@ describe("passkeys", () => {
     expectError(await verifyLogin(ctx, assertion), 401, "INVALID_CREDENTIALS");
   });
 
+  test("one sign-in answer raced ten times starts one session", async () => {
+    const ctx = await makeApp();
+    const account = await signUp(ctx.app);
+    const { authenticator } = await registerPasskey(ctx, account);
+    const assertion = authenticator.authenticate(await loginOptions(ctx));
+    const raced = await Promise.all(Array.from({ length: 10 }, () => verifyLogin(ctx, assertion)));
+    expect(raced.map((r) => r.status).sort()).toEqual([200, ...Array(9).fill(401)]);
+  });
+
   test("a wrong origin or RP id is refused, at registration and at sign-in", async () => {
     const ctx = await makeApp();
     const account = await signUp(ctx.app);

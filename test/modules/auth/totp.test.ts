@@ -147,6 +147,16 @@ describe.skipIf(!HAS_OATHTOOL)("TOTP with oathtool as the authenticator", () => 
     expectUnauthorized(refresh, "INVALID_TOKEN");
   });
 
+  test("one code raced by ten logins completes one of them", async () => {
+    const { ctx, clock, account, secret, recoveryCodes } = await withTotp();
+    const challenges = await Promise.all(Array.from({ length: 10 }, () => passwordStep(ctx, account)));
+    const code = await oathtool(secret, clock.now());
+    const raced = await Promise.all(challenges.map((c) => codeStep(ctx, c.mfa_token, code)));
+    expect(raced.map((r) => r.status).sort()).toEqual([200, ...Array(9).fill(401)]);
+    const again = await Promise.all(challenges.map((c) => codeStep(ctx, c.mfa_token, recoveryCodes[0] as string)));
+    expect(again.filter((r) => r.status === 200)).toHaveLength(1);
+  });
+
   test("recovery codes work once each, at login and to turn TOTP off", async () => {
     const { ctx, account, recoveryCodes } = await withTotp();
     const [first, second] = recoveryCodes as [string, string];
