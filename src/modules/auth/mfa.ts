@@ -57,7 +57,7 @@ export function createMfaService(deps: {
   const { repo, users, passwords, box, hashRecoveryCode, audit, passwordAttempts, codeAttempts, now } = deps;
 
   /** The owner hears of it, whoever turned TOTP off. */
-  const toldOff = (user: { id: string; username: string; email: string }, by: string) =>
+  const tellOwnerTotpIsOff = (user: { id: string; username: string; email: string }, by: string) =>
     sendInBackground(
       deps.mailer,
       deps.logger,
@@ -211,7 +211,7 @@ export function createMfaService(deps: {
         await failed(user.id, "disable", meta);
         throw errors.validation([{ field: "code", issue: "The code is wrong, expired or already used" }]);
       }
-      toldOff(user, "the account itself");
+      tellOwnerTotpIsOff(user, "the account itself");
     },
 
     /** An admin turns a user's TOTP off (the user lost the authenticator and the recovery codes). */
@@ -229,7 +229,7 @@ export function createMfaService(deps: {
         });
         return true;
       });
-      if (removed) toldOff(user, "an administrator");
+      if (removed) tellOwnerTotpIsOff(user, "an administrator");
     },
   };
 }
