@@ -12,12 +12,25 @@ import { accessLog, observability, type RequestObserver } from "./http/observabi
 import { openapiRoute } from "./http/openapi";
 import { rateLimits } from "./http/rate-limit";
 import { requestId } from "./http/request-id";
+import { requestMetaReader } from "./http/request-meta";
 import { securityHeaders } from "./http/security-headers";
+import { createAuditRepo } from "./modules/audit/repo";
+import { auditRoutes } from "./modules/audit/routes";
+import { createAuditLog } from "./modules/audit/service";
 import { createAccessState } from "./modules/auth/access-state";
+import { createEmailVerification } from "./modules/auth/email-verification";
+import { createMfaService } from "./modules/auth/mfa";
+import { createMfaRepo } from "./modules/auth/mfa-repo";
+import { mfaRoutes } from "./modules/auth/mfa-routes";
+import { createPasskeyRepo } from "./modules/auth/passkey-repo";
+import { passkeyRoutes } from "./modules/auth/passkey-routes";
+import { createPasskeyService } from "./modules/auth/passkeys";
 import { createAuthRepo } from "./modules/auth/repo";
 import { authRoutes } from "./modules/auth/routes";
 import { createAuthService } from "./modules/auth/service";
+import { createSessions } from "./modules/auth/sessions";
 import { createTokenService } from "./modules/auth/tokens";
+import { createVerificationRepo } from "./modules/auth/verification-repo";
 import { createFilesRepo } from "./modules/files/repo";
 import { filesRoutes, UPLOAD_PATHS } from "./modules/files/routes";
 import { createFilesService } from "./modules/files/service";
@@ -37,6 +50,7 @@ import { createPasswordHasher } from "./platform/passwords";
 import { memoryPubSub, type PubSub } from "./platform/pubsub";
 import { createRateLimiter } from "./platform/rate-limiter";
 import { s3Storage } from "./platform/s3-storage";
+import { keyedHash, secretBox } from "./platform/secret-box";
 import { diskStorage, type ObjectStorage } from "./platform/storage";
 
 export interface AppDeps {
@@ -59,6 +73,8 @@ export interface AppDeps {
   /** Aborted when a shutdown stops waiting for in-flight requests (bodies still arriving get a 503). */
   shutdown?: AbortSignal;
   startedAt?: number;
+  /** The clock TOTP codes are checked against (ms since the epoch); defaults to Date.now. */
+  now?: () => number;
 }
 
 export const API_PREFIX = "/api/v1";
@@ -79,6 +95,7 @@ const DOCUMENTATION = {
     { name: "files", description: "Uploads and downloads" },
     { name: "realtime", description: "The event socket and system notifications" },
     { name: "health", description: "Liveness, readiness and status" },
+    { name: "audit", description: "The security audit log (admin)" },
   ],
   components: {
     securitySchemes: {
@@ -151,6 +168,24 @@ export function createServices(deps: AppDeps) {
     notify: realtime.notify,
     antivirus: antivirus && { scanner: antivirus.scanner, failOpen: !antivirus.required },
   });
+  const mailer =
+    deps.mailer ??
+    createMailer({ smtpUrl: config.SMTP_URL, from: config.MAIL_FROM, environment: config.ENVIRONMENT, logger });
+  const audit = createAuditLog({
+    repo: createAuditRepo(db.orm),
+    enabled: config.AUDIT_ENABLED,
+    retentionDays: config.AUDIT_RETENTION_DAYS,
+    logger,
+    orm: db.orm,
+  });
+  const verification = createEmailVerification({
+    repo: createVerificationRepo(db.orm),
+    audit,
+    mailer,
+    logger,
+    config: { verifyUrl: config.EMAIL_VERIFY_URL, lifetimeHours: config.EMAIL_VERIFY_EXPIRE_HOURS },
+    userChanged: access.userChanged,
+  });
   const users = createUsersService({
     repo: usersRepo,
     passwords,
@@ -159,13 +194,28 @@ export function createServices(deps: AppDeps) {
       endSessions: access.revokeUserSessions,
       userUpdated: (user) => realtime.notify(user.id, "user.updated", user),
       bytesRemover: files.bytesRemover,
+      verifyEmail: verification.send,
+      emailChanged: verification.emailChanged,
     },
     passwordAttempts: limits.attempts("passwordChange"),
     logger,
+    audit: audit.record,
   });
-  const mailer =
-    deps.mailer ??
-    createMailer({ smtpUrl: config.SMTP_URL, from: config.MAIL_FROM, environment: config.ENVIRONMENT, logger });
+  const sessions = createSessions({ repo: authRepo, tokens, audit });
+  const mfaRepo = createMfaRepo(db.orm);
+  const mfa = createMfaService({
+    repo: mfaRepo,
+    users: usersRepo,
+    passwords,
+    box: secretBox(config.secretKey, "totp-secret"),
+    hashRecoveryCode: keyedHash(config.secretKey, "mfa-recovery-code"),
+    audit,
+    passwordAttempts: limits.attempts("passwordChange"),
+    codeAttempts: limits.attempts("mfa"),
+    now: deps.now ?? Date.now,
+    mailer,
+    logger,
+  });
   const auth = createAuthService({
     config,
     repo: authRepo,
@@ -175,8 +225,22 @@ export function createServices(deps: AppDeps) {
     passwords,
     mailer,
     logger,
+    audit,
+    sessions,
+    mfa,
+    mfaRepo,
   });
-  return { users, auth, files, limits, realtime, metrics, antivirus };
+  const passkeys = createPasskeyService({
+    repo: createPasskeyRepo(db.orm),
+    users: usersRepo,
+    sessions,
+    audit,
+    settings: config.webauthn,
+    sessionStartedAt: async (id) => (await authRepo.findSession(id))?.createdAt,
+    mailer,
+    logger,
+  });
+  return { users, auth, files, limits, realtime, metrics, antivirus, audit, mfa, passkeys, verification };
 }
 
 export type Services = ReturnType<typeof createServices>;
@@ -208,8 +272,9 @@ export function createApp(deps: AppDeps, services: Services = createServices(dep
     startedAt: deps.startedAt ?? Date.now(),
     antivirus: services.antivirus,
   });
-  const { users, auth, files, limits, realtime, metrics } = services;
-  const guard = authGuard(auth.authenticate);
+  const { users, auth, files, limits, realtime, metrics, audit, mfa, passkeys, verification } = services;
+  const guard = authGuard(auth.authenticate, { requireVerifiedEmail: config.REQUIRE_VERIFIED_EMAIL });
+  const meta = requestMetaReader(config.TRUST_PROXY);
   const observers = [accessLog(logger), metrics.observer].filter(
     (observer): observer is RequestObserver => observer !== undefined,
   );
@@ -234,10 +299,13 @@ export function createApp(deps: AppDeps, services: Services = createServices(dep
       api
         .use(healthRoutes(health))
         .use(config.METRICS_ENABLED ? metricsRoute(metrics, config.METRICS_TOKEN) : new Elysia())
-        .use(authRoutes({ auth, users, guard, limits: limits.perRoute }))
-        .use(usersRoutes({ users, guard }))
+        .use(authRoutes({ auth, users, verification, guard, limits: limits.perRoute, meta }))
+        .use(mfaRoutes({ mfa, guard, meta }))
+        .use(passkeyRoutes({ passkeys, guard, limits: limits.perRoute, meta }))
+        .use(usersRoutes({ users, guard, meta }))
         .use(filesRoutes({ files, guard, limits: limits.perRoute }))
-        .use(realtimeRoutes({ realtime, authenticate: auth.authenticate, guard, logger })),
+        .use(realtimeRoutes({ realtime, authenticate: auth.authenticate, guard, logger }))
+        .use(auditRoutes({ audit, guard })),
     );
   return app.use(openapiRoute(app, DOCUMENTATION, { formBodies: FORM_ROUTES, apiPrefix: API_PREFIX }));
 }

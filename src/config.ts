@@ -50,6 +50,14 @@ const EnvSchema = T.Object({
   SMTP_URL: T.Optional(T.String({ pattern: "^smtps?://" })),
   MAIL_FROM: T.String({ minLength: 3, default: "ReViewPoint <no-reply@reviewpoint.local>" }),
   PASSWORD_RESET_URL: T.String({ pattern: "^https?://", default: "http://localhost:5173/reset-password" }),
+  EMAIL_VERIFY_URL: T.String({ pattern: "^https?://", default: "http://localhost:5173/verify-email" }),
+  EMAIL_VERIFY_EXPIRE_HOURS: T.Integer({ minimum: 1, maximum: 720, default: 48 }),
+  REQUIRE_VERIFIED_EMAIL: T.Boolean({ default: false }),
+  // The RP id is a host name: no scheme, port or path.
+  WEBAUTHN_RP_ID: T.Optional(T.String({ pattern: "^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$", maxLength: 253 })),
+  WEBAUTHN_ORIGINS: T.Optional(T.String({ minLength: 1 })),
+  AUDIT_ENABLED: T.Boolean({ default: true }),
+  AUDIT_RETENTION_DAYS: T.Integer({ minimum: 1, maximum: 36_500, default: 365 }),
   BCRYPT_ROUNDS: T.Integer({ minimum: 4, maximum: 31, default: 12 }),
   RATE_LIMIT_ENABLED: T.Boolean({ default: true }),
   RATE_LIMIT_LOGIN: T.String({ ...rate, default: "5/minute" }),
@@ -57,6 +65,8 @@ const EnvSchema = T.Object({
   RATE_LIMIT_REGISTER: T.String({ ...rate, default: "5/hour" }),
   RATE_LIMIT_PASSWORD_RESET: T.String({ ...rate, default: "3/hour" }),
   RATE_LIMIT_PASSWORD_CHANGE: T.String({ ...rate, default: "5/hour" }),
+  RATE_LIMIT_MFA: T.String({ ...rate, default: "5/minute" }),
+  RATE_LIMIT_EMAIL_VERIFY: T.String({ ...rate, default: "3/hour" }),
   RATE_LIMIT_UPLOAD: T.String({ ...rate, default: "60/minute" }),
   USER_STORAGE_QUOTA: T.Optional(T.Integer({ minimum: 1 })),
   // An upload whose body brings no byte for this long ends with a 408; so does one slower than the timeout.
@@ -94,7 +104,10 @@ export interface RateLimit {
 }
 
 export interface Config
-  extends Omit<Env, `RATE_LIMIT_${string}` | "ALLOWED_ORIGINS" | "ALLOWED_FILE_TYPES" | "SECRET_KEY"> {
+  extends Omit<
+    Env,
+    `RATE_LIMIT_${string}` | "ALLOWED_ORIGINS" | "ALLOWED_FILE_TYPES" | "SECRET_KEY" | "WEBAUTHN_ORIGINS"
+  > {
   databaseUrl: string | undefined;
   secretKey: string;
   allowedOrigins: string[];
@@ -104,6 +117,8 @@ export interface Config
   backupDir: string;
   /** Where uploaded bytes live: STORAGE_URL's bucket, or `uploadDir`. */
   storage: StorageSetting;
+  /** Passkeys' relying party; undefined when there is no origin to accept (ALLOWED_ORIGINS `*` alone). */
+  webauthn: { rpId: string; origins: string[] } | undefined;
   rateLimits: {
     enabled: boolean;
     login: RateLimit;
@@ -111,6 +126,8 @@ export interface Config
     register: RateLimit;
     passwordReset: RateLimit;
     passwordChange: RateLimit;
+    mfa: RateLimit;
+    emailVerification: RateLimit;
     upload: RateLimit;
     default: RateLimit;
   };
@@ -137,17 +154,17 @@ function parseRate(value: string): RateLimit {
   return { limit: Number(count), windowMs: WINDOW_MS[unit] };
 }
 
-function parseOrigins(value: string): string[] {
+function parseOrigins(value: string, name = "ALLOWED_ORIGINS"): string[] {
   const trimmed = value.trim();
   if (trimmed.startsWith("[")) {
     let list: unknown;
     try {
       list = JSON.parse(trimmed);
     } catch {
-      throw new ConfigError("config: ALLOWED_ORIGINS is not a valid JSON list");
+      throw new ConfigError(`config: ${name} is not a valid JSON list`);
     }
     if (!Array.isArray(list) || !list.every((o) => typeof o === "string")) {
-      throw new ConfigError("config: ALLOWED_ORIGINS must be a JSON list of strings");
+      throw new ConfigError(`config: ${name} must be a JSON list of strings`);
     }
     return list.map((o) => o.trim()).filter(Boolean);
   }
@@ -155,6 +172,50 @@ function parseOrigins(value: string): string[] {
     .split(",")
     .map((o) => o.trim())
     .filter(Boolean);
+}
+
+/** The origin of `value` when it is exactly an http(s) origin (no path, query or trailing slash). */
+function exactOrigin(value: string): string | undefined {
+  try {
+    const url = new URL(value);
+    return /^https?:$/.test(url.protocol) && url.origin === value ? value : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const withinRp = (origin: string, rpId: string) => {
+  const host = new URL(origin).hostname;
+  return host === rpId || host.endsWith(`.${rpId}`);
+};
+
+/**
+ * Passkeys accept WEBAUTHN_ORIGINS (checked strictly) or else the usable ALLOWED_ORIGINS; the RP id is
+ * WEBAUTHN_RP_ID or the first origin's host, and every accepted origin must be that host or under it.
+ */
+function parseWebAuthn(env: Env, allowedOrigins: string[]): Config["webauthn"] {
+  let origins: string[];
+  if (env.WEBAUTHN_ORIGINS !== undefined) {
+    origins = parseOrigins(env.WEBAUTHN_ORIGINS, "WEBAUTHN_ORIGINS");
+    const bad = origins.find((origin) => !exactOrigin(origin));
+    if (bad !== undefined || origins.length === 0) {
+      throw new ConfigError(
+        `config: WEBAUTHN_ORIGINS must list origins such as https://app.example.com (got ${JSON.stringify(bad ?? "")})`,
+      );
+    }
+  } else {
+    origins = allowedOrigins.filter((origin) => exactOrigin(origin));
+  }
+  const rpId = env.WEBAUTHN_RP_ID ?? (origins[0] && new URL(origins[0]).hostname);
+  if (!rpId) return undefined;
+  const outside = origins.find((origin) => !withinRp(origin, rpId));
+  if (outside && env.WEBAUTHN_ORIGINS !== undefined) {
+    throw new ConfigError(
+      `config: WEBAUTHN_RP_ID ${rpId} must be the host of every WebAuthn origin or a parent domain of it (got ${outside})`,
+    );
+  }
+  const accepted = origins.filter((origin) => withinRp(origin, rpId));
+  return accepted.length > 0 ? { rpId, origins: accepted } : undefined;
 }
 
 /** SQLAlchemy-style `postgresql+asyncpg://` is accepted as plain `postgresql://`. */
@@ -295,10 +356,18 @@ export function loadConfig(raw: Record<string, string | undefined>, options = { 
     RATE_LIMIT_REGISTER,
     RATE_LIMIT_PASSWORD_RESET,
     RATE_LIMIT_PASSWORD_CHANGE,
+    RATE_LIMIT_MFA,
+    RATE_LIMIT_EMAIL_VERIFY,
     RATE_LIMIT_UPLOAD,
     RATE_LIMIT_DEFAULT,
+    WEBAUTHN_ORIGINS: _webauthnOrigins,
     ...rest
   } = env;
+  const allowedOrigins = parseOrigins(ALLOWED_ORIGINS);
+  if (env.REQUIRE_VERIFIED_EMAIL && env.ENVIRONMENT === "production" && !env.SMTP_URL) {
+    // No verification mail could reach anyone: nobody could ever upload.
+    throw new ConfigError("config: REQUIRE_VERIFIED_EMAIL=true needs SMTP_URL in production");
+  }
   const uploadDir = resolve(storageDir(env.STORAGE_URL) ?? env.UPLOAD_DIR ?? join(dataDir, "uploads"));
   const databaseUrl = normaliseDbUrl(env.REVIEWPOINT_DB_URL ?? env.DATABASE_URL);
   const storage = parseStorage(env, uploadDir);
@@ -312,7 +381,8 @@ export function loadConfig(raw: Record<string, string | undefined>, options = { 
     DATA_DIR: dataDir,
     databaseUrl,
     secretKey: resolveSecret(env, dataDir, options.keepSecret),
-    allowedOrigins: parseOrigins(ALLOWED_ORIGINS),
+    allowedOrigins,
+    webauthn: parseWebAuthn(env, allowedOrigins),
     allowedFileTypes: ALLOWED_FILE_TYPES.split(",").map((type) => type.trim()),
     uploadDir,
     backupDir: resolve(env.BACKUP_DIR ?? join(dataDir, "backups")),
@@ -324,6 +394,8 @@ export function loadConfig(raw: Record<string, string | undefined>, options = { 
       register: parseRate(RATE_LIMIT_REGISTER),
       passwordReset: parseRate(RATE_LIMIT_PASSWORD_RESET),
       passwordChange: parseRate(RATE_LIMIT_PASSWORD_CHANGE),
+      mfa: parseRate(RATE_LIMIT_MFA),
+      emailVerification: parseRate(RATE_LIMIT_EMAIL_VERIFY),
       upload: parseRate(RATE_LIMIT_UPLOAD),
       default: parseRate(RATE_LIMIT_DEFAULT),
     },

@@ -14,6 +14,7 @@ import { startBackupSchedule } from "./modules/backup/schedule";
 import { openArchive, restoreArchive } from "./modules/backup/service";
 import { CLOSE_GOING_AWAY } from "./modules/realtime/service";
 import { AdminCreateBody } from "./modules/users/model";
+import { COMMAND_LINE } from "./modules/users/service";
 import { requestBackup, serveControl } from "./platform/control-socket";
 import {
   controlSocketPath,
@@ -182,7 +183,7 @@ async function createAdminCommand(config: Config, logger: Logger, username?: str
   try {
     await runMigrations(db);
     const { users } = createServices({ config, db, kv: new MemoryStore(), logger });
-    const admin = await users.create(account);
+    const admin = await users.create(account, COMMAND_LINE);
     logger.info("admin created", { id: admin.id, username: admin.username });
   } catch (error) {
     if (error instanceof AppError) throw new CliError(`create-admin: ${error.message}`);
@@ -211,6 +212,8 @@ async function serveCommand(config: Config, logger: Logger) {
     .recover(ORPHAN_AGE_MS)
     .then((done) => (done.committed || done.removed) && logger.info("recovered temporary uploads", done))
     .catch((error: Error) => logger.warn("recovery of temporary uploads failed", { error: error.message }));
+  // Every instance runs it; a lock in the database lets one prune at a time.
+  const stopRetention = services.audit.startRetention();
   const app = createApp(deps, services).listen(listenOptions(config));
   // With the embedded database this process holds DATA_DIR: backups are made here, on request or on schedule.
   const archive = async () => (await openArchive({ db, storage, dataDir: config.DATA_DIR, build: BUILD })).stream;
@@ -257,6 +260,7 @@ async function serveCommand(config: Config, logger: Logger) {
     services.realtime.closeAll(CLOSE_GOING_AWAY, "Server shutting down");
     stopSchedule?.();
     control?.stop();
+    stopRetention();
     // Then close what is left: idle keep-alive sockets, and those whose unread body Bun holds after an
     // early answer (an oversize upload from a keep-alive client), which a graceful stop waits on forever.
     await server.stop(true);

@@ -95,6 +95,48 @@ describe("configuration", () => {
     expect(statSync(file).mode & 0o077).toBe(0);
   });
 
+  test("identity defaults: audit on for 365 days, passkeys for the allowed origins' host, MFA and verify limits", () => {
+    const config = loadConfig(TEST_ENV);
+    expect(config.AUDIT_ENABLED).toBe(true);
+    expect(config.AUDIT_RETENTION_DAYS).toBe(365);
+    expect(config.REQUIRE_VERIFIED_EMAIL).toBe(false);
+    expect(config.EMAIL_VERIFY_EXPIRE_HOURS).toBe(48);
+    expect(config.webauthn).toEqual({
+      rpId: "localhost",
+      origins: ["http://localhost:3000", "http://localhost:5173"],
+    });
+    expect(config.rateLimits.mfa).toEqual({ limit: 5, windowMs: 60_000 });
+    expect(config.rateLimits.emailVerification).toEqual({ limit: 3, windowMs: 3_600_000 });
+    // Only exact origins under the RP id count; `*` alone leaves passkeys unconfigured.
+    const mixed = loadConfig({ ...TEST_ENV, ALLOWED_ORIGINS: "https://app.example.com/,https://app.example.com,*" });
+    expect(mixed.webauthn).toEqual({ rpId: "app.example.com", origins: ["https://app.example.com"] });
+    expect(loadConfig({ ...TEST_ENV, ALLOWED_ORIGINS: "*" }).webauthn).toBeUndefined();
+    const parent = loadConfig({
+      ...TEST_ENV,
+      WEBAUTHN_RP_ID: "example.com",
+      WEBAUTHN_ORIGINS: '["https://example.com", "https://app.example.com"]',
+    });
+    expect(parent.webauthn).toEqual({
+      rpId: "example.com",
+      origins: ["https://example.com", "https://app.example.com"],
+    });
+  });
+
+  test("bad WebAuthn settings and an unusable REQUIRE_VERIFIED_EMAIL stop start-up naming the variable", () => {
+    expect(fail({ ...TEST_ENV, WEBAUTHN_ORIGINS: "app.example.com" })).toStartWith("config: WEBAUTHN_ORIGINS");
+    expect(fail({ ...TEST_ENV, WEBAUTHN_ORIGINS: "https://app.example.com/login" })).toStartWith(
+      "config: WEBAUTHN_ORIGINS",
+    );
+    expect(fail({ ...TEST_ENV, WEBAUTHN_RP_ID: "https://example.com" })).toStartWith("config: WEBAUTHN_RP_ID");
+    expect(fail({ ...TEST_ENV, WEBAUTHN_RP_ID: "example.com", WEBAUTHN_ORIGINS: "https://evil.test" })).toStartWith(
+      "config: WEBAUTHN_RP_ID",
+    );
+    expect(fail({ ...TEST_ENV, AUDIT_RETENTION_DAYS: "0" })).toStartWith("config: AUDIT_RETENTION_DAYS");
+    const production = { ENVIRONMENT: "production", SECRET_KEY: "s".repeat(40), REQUIRE_VERIFIED_EMAIL: "true" };
+    expect(fail(production)).toBe("config: REQUIRE_VERIFIED_EMAIL=true needs SMTP_URL in production");
+    expect(loadConfig({ ...production, SMTP_URL: "smtp://mail.example.com:587" }).REQUIRE_VERIFIED_EMAIL).toBe(true);
+  });
+
   test("config/.env is read and the environment wins over it", () => {
     const dir = mkdtempSync(join(tmpdir(), "rp-dotenv-"));
     mkdirSync(join(dir, "config"));

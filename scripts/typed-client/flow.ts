@@ -1,9 +1,10 @@
 /**
- * What a client written against the generated types looks like: register, log in, upload, list,
- * download, delete. `bun run check:client` only type-checks it (it is never run), so a change to
- * /openapi.json that breaks this flow for typed clients fails CI.
+ * What a client written against the generated types looks like: register, log in (with a TOTP code when
+ * the account has TOTP on), upload, list, download, delete; list the sessions, end another one, end all.
+ * `bun run check:client` only type-checks it (it is never run), so a change to /openapi.json that breaks
+ * this flow for typed clients fails CI.
  */
-import createClient, { type Middleware } from "openapi-fetch";
+import createClient, { type Client, type Middleware } from "openapi-fetch";
 import type { components, paths } from "./generated/api";
 
 /** The multipart body as the document describes it (`file` is `format: binary`, which openapi-typescript types as a string). */
@@ -13,6 +14,47 @@ type UploadForm = paths["/api/v1/uploads"]["post"]["requestBody"]["content"]["mu
 function fail(step: string, response: Response, error: components["schemas"]["Error"]): never {
   const fields = error.error.details.map((detail) => `${detail.field}: ${detail.issue}`).join("; ");
   throw new Error(`${step}: ${response.status} ${error.error.code} ${error.error.message} ${fields}`.trim());
+}
+
+type Tokens = paths["/api/v1/auth/login/mfa"]["post"]["responses"][200]["content"]["application/json"];
+
+/**
+ * Logs in; an account with TOTP on answers an MfaChallenge instead of tokens, and the second step sends
+ * `code()` (from the authenticator app, or a recovery code) with its `mfa_token`.
+ */
+export async function signIn(
+  client: Client<paths>,
+  username: string,
+  password: string,
+  code: () => Promise<string>,
+): Promise<Tokens> {
+  const login = await client.POST("/api/v1/auth/login", { body: { username, password } });
+  if (login.error) fail("login", login.response, login.error);
+  if (!("mfa_required" in login.data)) return login.data;
+  const methods: "totp"[] = login.data.methods;
+  const second = await client.POST("/api/v1/auth/login/mfa", {
+    body: { mfa_token: login.data.mfa_token, code: await code() },
+  });
+  if (second.error) fail(`login (${methods.join(", ")})`, second.response, second.error);
+  return second.data;
+}
+
+/** Ends every other session one by one, then all of them (this one too); describes those it ended. */
+export async function endSessions(client: Client<paths>): Promise<string[]> {
+  const listed = await client.GET("/api/v1/auth/sessions");
+  if (listed.error) fail("sessions", listed.response, listed.error);
+  const ended: string[] = [];
+  for (const session of listed.data.items) {
+    if (session.current) continue;
+    const revoked = await client.DELETE("/api/v1/auth/sessions/{id}", { params: { path: { id: session.id } } });
+    if (revoked.error) fail("end a session", revoked.response, revoked.error);
+    ended.push(
+      `${session.user_agent ?? "unknown client"} from ${session.ip ?? "?"}, last used ${session.last_used_at}`,
+    );
+  }
+  const all = await client.POST("/api/v1/auth/logout-all");
+  if (all.error) fail("logout-all", all.response, all.error);
+  return ended;
 }
 
 export async function uploadRoundTrip(baseUrl = "http://localhost:8000"): Promise<string> {
@@ -35,10 +77,9 @@ export async function uploadRoundTrip(baseUrl = "http://localhost:8000"): Promis
   if (registered.error) fail("register", registered.response, registered.error);
   const userId: string = registered.data.id;
 
-  const login = await client.POST("/api/v1/auth/login", { body: { username, password } });
-  if (login.error) fail("login", login.response, login.error);
-  const tokenType: "bearer" = login.data.token_type;
-  accessToken = login.data.access_token;
+  const tokens = await signIn(client, username, password, async () => "123456");
+  const tokenType: "bearer" = tokens.token_type;
+  accessToken = tokens.access_token;
 
   const form = new FormData();
   form.set("file", new File(["Notes on the Analytical Engine\n"], "notes.txt", { type: "text/plain" }));

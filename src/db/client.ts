@@ -13,6 +13,10 @@ import * as schema from "./schema";
 
 /** Both drivers expose the same query builder; repos are written against this one type. */
 export type Orm = PostgresJsDatabase<typeof schema>;
+/** An open transaction, as `orm.transaction` hands it to its callback. */
+export type Tx = Parameters<Parameters<Orm["transaction"]>[0]>[0];
+/** What a query can run on: the database, or a transaction in progress. */
+export type Executor = Orm | Tx;
 
 /** Database work in flight, for the metrics: neither driver reports its pool's state. */
 export interface PoolUsage {

@@ -9,6 +9,7 @@ import m0001 from "../../drizzle/0001_auth_change_seq.sql" with { type: "text" }
 import m0002 from "../../drizzle/0002_auth_change_triggers.sql" with { type: "text" };
 import m0003 from "../../drizzle/0003_auth_cache_replay.sql" with { type: "text" };
 import m0004 from "../../drizzle/0004_file_stats.sql" with { type: "text" };
+import m0005 from "../../drizzle/0005_identity.sql" with { type: "text" };
 import journal from "../../drizzle/meta/_journal.json" with { type: "json" };
 
 /** Each migration's SQL by its journal tag. */
@@ -18,6 +19,7 @@ export const MIGRATION_SQL: Readonly<Record<string, string>> = {
   "0002_auth_change_triggers": m0002,
   "0003_auth_cache_replay": m0003,
   "0004_file_stats": m0004,
+  "0005_identity": m0005,
 };
 
 export interface JournalEntry {

@@ -4,6 +4,7 @@ import {
   boolean,
   check,
   index,
+  jsonb,
   pgSequence,
   pgTable,
   text,
@@ -34,6 +35,8 @@ export const users = pgTable(
     passwordHash: text("password_hash").notNull(),
     role: text("role", { enum: ROLES }).notNull().default("user"),
     isActive: boolean("is_active").notNull().default(true),
+    /** Cleared by a trigger whenever the address changes (migration 0005), whoever changes it. */
+    emailVerified: boolean("email_verified").notNull().default(false),
     createdAt: createdAt(),
     updatedAt: timestamptz("updated_at").notNull().defaultNow(),
   },
@@ -94,6 +97,11 @@ export const authSessions = pgTable(
     createdAt: createdAt(),
     expiresAt: timestamptz("expires_at").notNull(),
     revokedAt: timestamptz("revoked_at"),
+    /** Moves at every refresh; shown in the session list. */
+    lastUsedAt: timestamptz("last_used_at"),
+    /** The client that logged in, as it said (truncated); shown in the session list. */
+    userAgent: varchar("user_agent", { length: 512 }),
+    ip: varchar("ip", { length: 64 }),
   },
   (table) => [
     index("auth_sessions_user_idx").on(table.userId),
@@ -126,6 +134,130 @@ export const usedPasswordResetTokens = pgTable("used_password_reset_tokens", {
 });
 
 /**
+ * Pending email verifications: the token itself is only in the mail, its SHA-256 here. An email change
+ * deletes the user's rows (trigger, migration 0005), so a link mailed before it stops working.
+ */
+export const emailVerifications = pgTable(
+  "email_verifications",
+  {
+    tokenHash: varchar("token_hash", { length: 64 }).primaryKey(),
+    userId: uuid("user_id")
+      .notNull()
+      .references(() => users.id, { onDelete: "cascade" }),
+    email: varchar("email", { length: 320 }).notNull(),
+    createdAt: createdAt(),
+    expiresAt: timestamptz("expires_at").notNull(),
+    usedAt: timestamptz("used_at"),
+  },
+  (table) => [index("email_verifications_user_idx").on(table.userId)],
+);
+
+/** A user's TOTP: pending until confirmed (`enabled_at` null). The secret is encrypted (AES-256-GCM). */
+export const userMfa = pgTable("user_mfa", {
+  userId: uuid("user_id")
+    .primaryKey()
+    .references(() => users.id, { onDelete: "cascade" }),
+  secret: text("secret").notNull(),
+  enabledAt: timestamptz("enabled_at"),
+  /** The last time step whose code was accepted: that code and every older one are refused. */
+  lastUsedStep: bigint("last_used_step", { mode: "number" }),
+  createdAt: createdAt(),
+});
+
+/** One-time recovery codes, as keyed hashes (HMAC-SHA-256); `used_at` once spent. */
+export const mfaRecoveryCodes = pgTable(
+  "mfa_recovery_codes",
+  {
+    id: uuid("id").primaryKey().defaultRandom(),
+    userId: uuid("user_id")
+      .notNull()
+      .references(() => users.id, { onDelete: "cascade" }),
+    codeHash: varchar("code_hash", { length: 64 }).notNull(),
+    usedAt: timestamptz("used_at"),
+  },
+  (table) => [uniqueIndex("mfa_recovery_codes_user_code_idx").on(table.userId, table.codeHash)],
+);
+
+/** mfa_tokens that completed a login: each works once. */
+export const usedMfaTokens = pgTable("used_mfa_tokens", {
+  jti: uuid("jti").primaryKey(),
+  userId: uuid("user_id")
+    .notNull()
+    .references(() => users.id, { onDelete: "cascade" }),
+  expiresAt: timestamptz("expires_at").notNull(),
+});
+
+/** WebAuthn credentials (discoverable); `counter` is the authenticator's last signature counter. */
+export const passkeys = pgTable(
+  "passkeys",
+  {
+    id: uuid("id")
+      .primaryKey()
+      .defaultRandom()
+      .$defaultFn(() => Bun.randomUUIDv7()),
+    userId: uuid("user_id")
+      .notNull()
+      .references(() => users.id, { onDelete: "cascade" }),
+    /** The authenticator's credential id, base64url. */
+    credentialId: varchar("credential_id", { length: 1400 }).notNull(),
+    /** COSE public key, base64url. */
+    publicKey: text("public_key").notNull(),
+    counter: bigint("counter", { mode: "number" }).notNull().default(0),
+    transports: text("transports").array().notNull().default(sql`'{}'::text[]`),
+    name: varchar("name", { length: 100 }).notNull(),
+    createdAt: createdAt(),
+    lastUsedAt: timestamptz("last_used_at"),
+  },
+  (table) => [
+    uniqueIndex("passkeys_credential_id_key").on(table.credentialId),
+    index("passkeys_user_idx").on(table.userId),
+  ],
+);
+
+/** WebAuthn challenges handed out and not yet answered: each is taken (deleted) by its one answer. */
+export const webauthnChallenges = pgTable(
+  "webauthn_challenges",
+  {
+    challenge: varchar("challenge", { length: 128 }).primaryKey(),
+    purpose: text("purpose", { enum: ["register", "login"] }).notNull(),
+    /** Registration only: the user who asked. */
+    userId: uuid("user_id").references(() => users.id, { onDelete: "cascade" }),
+    expiresAt: timestamptz("expires_at").notNull(),
+  },
+  (table) => [index("webauthn_challenges_expires_idx").on(table.expiresAt)],
+);
+
+/**
+ * Security events, written in the transaction of the change they record. No foreign keys: an event
+ * outlives the user, session or file it names.
+ */
+export const auditEvents = pgTable(
+  "audit_events",
+  {
+    // v7: time-ordered, so the export can page by (at, id).
+    id: uuid("id")
+      .primaryKey()
+      .defaultRandom()
+      .$defaultFn(() => Bun.randomUUIDv7()),
+    at: timestamptz("at").notNull().defaultNow(),
+    action: varchar("action", { length: 64 }).notNull(),
+    actorId: uuid("actor_id"),
+    targetType: varchar("target_type", { length: 32 }),
+    targetId: uuid("target_id"),
+    ip: varchar("ip", { length: 64 }),
+    userAgent: varchar("user_agent", { length: 512 }),
+    requestId: varchar("request_id", { length: 128 }),
+    details: jsonb("details").$type<Record<string, unknown>>().notNull().default({}),
+  },
+  (table) => [
+    index("audit_events_at_idx").on(table.at, table.id),
+    index("audit_events_actor_idx").on(table.actorId, table.at),
+    index("audit_events_target_idx").on(table.targetId, table.at),
+    index("audit_events_action_idx").on(table.action, table.at),
+  ],
+);
+
+/**
  * Advanced after every change to a user or a revocation. The shared cache records the highest value it
  * has applied; a cache that is behind (a lost write, a restart from an old snapshot) is not trusted.
  */
@@ -133,3 +265,5 @@ export const authChangeSeq = pgSequence("auth_change_seq");
 
 export type UserRow = typeof users.$inferSelect;
 export type FileRow = typeof files.$inferSelect;
+export type PasskeyRow = typeof passkeys.$inferSelect;
+export type AuditEventRow = typeof auditEvents.$inferSelect;

@@ -17,6 +17,7 @@ export type ErrorCode =
   | "RANGE_NOT_SATISFIABLE"
   | "VALIDATION_ERROR"
   | "RATE_LIMITED"
+  | "EMAIL_NOT_VERIFIED"
   | "MALWARE_DETECTED"
   | "INTERNAL_ERROR"
   | "SERVICE_UNAVAILABLE"
@@ -50,10 +51,12 @@ export const errors = {
   badRequest: (message: string) => new AppError(400, "BAD_REQUEST", message),
   unauthenticated: (code: "AUTHENTICATION_REQUIRED" | "INVALID_TOKEN" | "TOKEN_EXPIRED", message: string) =>
     new AppError(401, code, message, [], BEARER_CHALLENGE),
-  invalidCredentials: () =>
-    new AppError(401, "INVALID_CREDENTIALS", "Incorrect username or password", [], BEARER_CHALLENGE),
+  invalidCredentials: (message = "Incorrect username or password") =>
+    new AppError(401, "INVALID_CREDENTIALS", message, [], BEARER_CHALLENGE),
   forbidden: (message = "You do not have permission to perform this action") =>
     new AppError(403, "PERMISSION_DENIED", message),
+  emailNotVerified: () =>
+    new AppError(403, "EMAIL_NOT_VERIFIED", "Verify your email address first (see POST /auth/request-verification)"),
   notFound: (what = "Resource") => new AppError(404, "NOT_FOUND", `${what} not found`),
   conflict: (message: string, details: ErrorDetail[] = []) => new AppError(409, "CONFLICT", message, details),
   tooLarge: (limit: number) => new AppError(413, "PAYLOAD_TOO_LARGE", `Request body exceeds ${limit} bytes`),

@@ -16,3 +16,8 @@ export function securityHeaders(trustProxy: boolean) {
     if (isHttps(request, trustProxy)) set.headers["strict-transport-security"] = "max-age=31536000; includeSubDomains";
   });
 }
+
+/** For an answer that carries a secret (tokens, a TOTP secret, recovery codes): no cache may keep it (RFC 6749 5.1). */
+export function noStore(set: { headers: Record<string, unknown> }): void {
+  set.headers["cache-control"] = "no-store";
+}

@@ -44,3 +44,20 @@ export function createMailer(options: {
     },
   };
 }
+
+/** A mailed link: `{token}` in `base` is replaced if present, else a `token` query parameter is added. */
+export function linkWithToken(base: string, token: string): string {
+  if (base.includes("{token}")) return base.replaceAll("{token}", encodeURIComponent(token));
+  const url = new URL(base);
+  url.searchParams.set("token", token);
+  return url.toString();
+}
+
+/** Sends without making the caller wait or fail: a slow or failing SMTP server is logged, not answered. */
+export function sendInBackground(mailer: Mailer, logger: Logger, message: MailMessage, userId: string): void {
+  mailer
+    .send(message)
+    .catch((error: Error) =>
+      logger.error("mail failed", { user_id: userId, subject: message.subject, error: error.message }),
+    );
+}

@@ -55,12 +55,19 @@ describe("migrations", () => {
       expect(await migrationsApplied(db)).toBe(false);
       expect(await runMigrations(db)).toBe(migrationCount);
       expect(await tableNames(db)).toEqual([
+        "audit_events",
         "auth_sessions",
+        "email_verifications",
         "file_stats",
         "files",
+        "mfa_recovery_codes",
+        "passkeys",
         "revoked_tokens",
+        "used_mfa_tokens",
         "used_password_reset_tokens",
+        "user_mfa",
         "users",
+        "webauthn_challenges",
       ]);
       expect(await migrationsApplied(db)).toBe(true);
       expect(await runMigrations(db)).toBe(0);

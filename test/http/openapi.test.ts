@@ -1,7 +1,10 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import Ajv2020, { type ValidateFunction } from "ajv/dist/2020";
 import addFormats from "ajv-formats";
+import { Secret, TOTP } from "otpauth";
+import type { MailMessage } from "../../src/platform/mail";
 import { API, type CallOptions, call, login, makeApp, PASSWORD, promote, signUp } from "../support";
+import { SoftAuthenticator } from "../webauthn";
 
 /**
  * The served OpenAPI document, checked against what the server really answers: a validating proxy sits in
@@ -165,7 +168,8 @@ describe("OpenAPI document: conventions", () => {
 
 describe("OpenAPI document: the server answers what it declares", () => {
   test("a scenario through every operation gets only declared statuses, media types and bodies", async () => {
-    const { app, deps } = await makeApp();
+    const mails: MailMessage[] = [];
+    const { app, deps } = await makeApp({}, { mailer: { send: async (mail) => void mails.push(mail) } });
     const proxy = new ValidatingProxy(doc);
     const send = (expected: number, method: string, path: string, options?: CallOptions) =>
       proxy.send(app, method, `${API}${path}`, expected, options);
@@ -299,6 +303,91 @@ describe("OpenAPI document: the server answers what it declares", () => {
     await send(202, "POST", "/admin/notifications", { ...admin, body: { message: "Maintenance at noon" } });
     await send(403, "POST", "/admin/notifications", { ...bearer(access), body: { message: "Hello" } });
     await send(422, "POST", "/admin/notifications", { ...admin, body: { message: "Hi", user_ids: [] } });
+
+    // Sessions.
+    const dora = await signUp(app, { username: "dora" });
+    const doraToken = bearer(dora.access);
+    await login(app, "dora");
+    const doraSessions = await send(200, "GET", "/auth/sessions", doraToken);
+    const otherSession = doraSessions.json?.items?.find((s: { current: boolean }) => !s.current)?.id ?? UNKNOWN_ID;
+    await send(204, "DELETE", `/auth/sessions/${otherSession}`, doraToken);
+    await send(404, "DELETE", `/auth/sessions/${otherSession}`, doraToken);
+    await send(422, "DELETE", "/auth/sessions/not-a-uuid", doraToken);
+    await send(401, "GET", "/auth/sessions");
+
+    // Email verification.
+    const verifyToken = (mails.findLast((m) => m.to === dora.email)?.text.match(/[?&]token=([\w-]+)/) ?? [])[1];
+    await send(400, "POST", "/auth/verify-email", { body: { token: "made-up" } });
+    await send(422, "POST", "/auth/verify-email", { body: {} });
+    await send(202, "POST", "/auth/request-verification", doraToken);
+    await send(200, "POST", "/auth/verify-email", { body: { token: verifyToken ?? "missing" } });
+    await send(409, "POST", "/auth/request-verification", doraToken);
+    await send(401, "POST", "/auth/request-verification");
+    const strict = await makeApp({ REQUIRE_VERIFIED_EMAIL: "true" });
+    const unverified = await signUp(strict.app);
+    await proxy.send(strict.app, "POST", `${API}/uploads`, 403, { token: unverified.access, body: fileForm("x") });
+
+    // TOTP: enrolment, the two-step login, turning it off (by the user and by an admin).
+    const password = { password: PASSWORD };
+    await send(422, "POST", "/auth/mfa/totp", { ...doraToken, body: { password: "wrong-password1" } });
+    await send(409, "POST", "/auth/mfa/totp/confirm", { ...doraToken, body: { code: "123456" } });
+    const enrolment = await send(200, "POST", "/auth/mfa/totp", { ...doraToken, body: password });
+    const totp = new TOTP({ secret: Secret.fromBase32(enrolment.json?.secret ?? "AAAA") });
+    const notNow = (code: string) => (code === "000000" ? "000001" : "000000");
+    await send(422, "POST", "/auth/mfa/totp/confirm", { ...doraToken, body: { code: notNow(totp.generate()) } });
+    const confirmed = await send(200, "POST", "/auth/mfa/totp/confirm", {
+      ...doraToken,
+      body: { code: totp.generate() },
+    });
+    const [firstCode, secondCode] = (confirmed.json?.recovery_codes ?? []) as string[];
+    await send(409, "POST", "/auth/mfa/totp", { ...doraToken, body: password });
+    const challenge = await send(200, "POST", "/auth/login", { body: { username: "dora", password: PASSWORD } });
+    const mfaToken = challenge.json?.mfa_token ?? "missing";
+    await send(401, "POST", "/auth/login/mfa", { body: { mfa_token: mfaToken, code: notNow(totp.generate()) } });
+    await send(200, "POST", "/auth/login/mfa", { body: { mfa_token: mfaToken, code: firstCode ?? "missing" } });
+    await send(422, "POST", "/auth/login/mfa", { body: { mfa_token: mfaToken } });
+    await send(422, "DELETE", "/auth/mfa/totp", { ...doraToken, body: { ...password, code: firstCode ?? "x" } });
+    await send(204, "DELETE", "/auth/mfa/totp", { ...doraToken, body: { ...password, code: secondCode ?? "x" } });
+    await send(409, "DELETE", "/auth/mfa/totp", { ...doraToken, body: { ...password, code: "123456" } });
+    await send(204, "DELETE", `/users/${dora.id}/mfa`, admin);
+    await send(404, "DELETE", `/users/${UNKNOWN_ID}/mfa`, admin);
+    await send(403, "DELETE", `/users/${dora.id}/mfa`, doraToken);
+
+    // Passkeys: register, list, sign in (once per challenge), malformed answers, remove.
+    const authenticator = new SoftAuthenticator("http://localhost:5173");
+    const creation = await send(200, "POST", "/auth/passkeys/register/options", { ...doraToken, body: {} });
+    const attestation = authenticator.register(creation.json);
+    const added = await send(201, "POST", "/auth/passkeys/register/verify?name=Phone", {
+      ...doraToken,
+      body: attestation,
+    });
+    await send(400, "POST", "/auth/passkeys/register/verify", { ...doraToken, body: attestation });
+    await send(422, "POST", "/auth/passkeys/register/verify", { ...doraToken, body: {} });
+    await send(200, "GET", "/auth/passkeys", doraToken);
+    const request = await send(200, "POST", "/auth/passkeys/login/options", { body: {} });
+    const assertion = authenticator.authenticate(request.json);
+    await send(200, "POST", "/auth/passkeys/login/verify", { body: assertion });
+    await send(401, "POST", "/auth/passkeys/login/verify", { body: assertion });
+    const unreadable = { ...assertion, response: { ...assertion.response, clientDataJSON: "bm90IGpzb24" } };
+    await send(400, "POST", "/auth/passkeys/login/verify", { body: unreadable });
+    await send(422, "POST", "/auth/passkeys/login/verify", { body: {} });
+    await send(204, "DELETE", `/auth/passkeys/${added.json?.id ?? UNKNOWN_ID}`, doraToken);
+    await send(404, "DELETE", `/auth/passkeys/${added.json?.id ?? UNKNOWN_ID}`, doraToken);
+    const noPasskeys = await makeApp({ ALLOWED_ORIGINS: "*" });
+    await proxy.send(noPasskeys.app, "POST", `${API}/auth/passkeys/login/options`, 404, { body: {} });
+
+    // Every session at once.
+    await send(204, "POST", "/auth/logout-all", doraToken);
+    await send(401, "POST", "/auth/logout-all", doraToken);
+
+    // The audit log.
+    await send(200, "GET", "/admin/audit?limit=5&action=login.succeeded", admin);
+    await send(422, "GET", "/admin/audit?since=yesterday", admin);
+    await send(403, "GET", "/admin/audit", bearer(access));
+    await send(401, "GET", "/admin/audit");
+    await send(200, "GET", "/admin/audit/export?action=login.failed", admin);
+    await send(422, "GET", "/admin/audit/export?actor_id=nope", admin);
+    await send(403, "GET", "/admin/audit/export", bearer(access));
 
     // Rate limited: the second registration from one client within the hour (its own 429), then any request
     // past the default per-client limit (the 429 every limited route shares, a $ref to Error).

@@ -3,7 +3,7 @@ import type { Logger } from "../../platform/logger";
 import { type PublicUser, toPublicUser } from "../users/model";
 import type { UsersRepo } from "../users/repo";
 import type { Claims } from "./model";
-import type { AuthRepo } from "./repo";
+import type { AuthRepo, RevocationRecorder } from "./repo";
 
 const userKey = (id: string) => `user:${id}`;
 const versionKey = (id: string) => `userv:${id}`;
@@ -20,6 +20,16 @@ const RETRY_INTERVAL_MS = 250;
 const REFILL_BATCH = 500;
 /** How far before the previous check a replay looks back: the interval's overlap and clock skew between instances. */
 const REPLAY_MARGIN_MS = 10_000;
+
+export interface RevokeRequest {
+  userId: string;
+  /** An access token to revoke by its `jti`. */
+  token?: Claims;
+  /** Session ids (only the user's own are touched), or every live session of the user. */
+  sessions?: string[] | "all";
+  /** With "all": the session that stays. */
+  keep?: string;
+}
 
 export interface AccessState {
   user: PublicUser | undefined;
@@ -233,6 +243,26 @@ export function createAccessState(deps: {
       .catch((error: Error) => logger.debug("user cache write failed", { error: error.message }));
   }
 
+  /**
+   * Revokes what `request` names, for one user: an access token (until it expires) and sessions (the
+   * listed ones, or all but `keep`), which revokes every access token they issued (their `sid`) for as
+   * long as one could live. `record` runs inside the same transaction with the sessions actually
+   * revoked (an audit event). Returns those sessions' ids.
+   */
+  async function revoke(request: RevokeRequest, record?: RevocationRecorder): Promise<string[]> {
+    const { token } = request;
+    const ids = await repo.revoke(
+      { ...request, token: token && { jti: token.jti, expiresAt: new Date(token.exp * 1000) } },
+      record,
+    );
+    const set = ids.map((id) => ({ key: sessionKey(id), value: "1", ttlSeconds: accessTtlSeconds }));
+    if (token) set.push({ key: tokenKey(token.jti), value: "1", ttlSeconds: token.exp - Date.now() / 1000 });
+    if (set.length === 0) return ids;
+    await changed({ set });
+    onChange?.(request.userId);
+    return ids;
+  }
+
   return {
     /** One store round trip when the store is trusted, else one database round trip. */
     async lookup(claims: Claims): Promise<AccessState> {
@@ -269,26 +299,11 @@ export function createAccessState(deps: {
       onChange?.(userId);
     },
 
-    async revokeToken(claims: Claims) {
-      await repo.revokeToken(claims.jti, new Date(claims.exp * 1000));
-      await changed({ set: [{ key: tokenKey(claims.jti), value: "1", ttlSeconds: claims.exp - Date.now() / 1000 }] });
-      onChange?.(claims.sub);
-    },
-
-    /** A revoked session revokes every access token it issued (their `sid`), for as long as one could live. */
-    async revokeSessions(userId: string, ids: string[]) {
-      if (ids.length === 0) return;
-      await repo.revokeSessions(ids);
-      await changed({ set: ids.map((id) => ({ key: sessionKey(id), value: "1", ttlSeconds: accessTtlSeconds })) });
-      onChange?.(userId);
-    },
+    revoke,
 
     /** Ends every login of a user except `keep`: refresh tokens stop at once, access tokens too. */
     async revokeUserSessions(userId: string, keep?: string) {
-      const ids = await repo.revokeUserSessions(userId, keep);
-      if (ids.length === 0) return;
-      await changed({ set: ids.map((id) => ({ key: sessionKey(id), value: "1", ttlSeconds: accessTtlSeconds })) });
-      onChange?.(userId);
+      await revoke({ userId, sessions: "all", keep });
     },
   };
 }

@@ -1,8 +1,14 @@
-import { and, eq, gt, inArray, isNull, ne, sql, TransactionRollbackError } from "drizzle-orm";
-import type { Orm } from "../../db/client";
+import { and, desc, eq, gt, inArray, isNull, ne, sql, TransactionRollbackError } from "drizzle-orm";
+import type { Executor, Orm, Tx } from "../../db/client";
 import { authSessions, revokedTokens, type UserRow, usedPasswordResetTokens, users } from "../../db/schema";
 
 export type SessionRow = typeof authSessions.$inferSelect;
+export type NewSession = Pick<
+  typeof authSessions.$inferInsert,
+  "userId" | "refreshJti" | "accessJti" | "expiresAt" | "userAgent" | "ip"
+>;
+/** Runs inside a revoking transaction, with the sessions it revoked: the audit event goes with them. */
+export type RevocationRecorder = (tx: Tx, revoked: string[]) => Promise<void>;
 
 // postgres.js returns the rows array itself; PGlite returns `{ rows }`.
 function rowsOf<T>(result: unknown): T[] {
@@ -11,12 +17,25 @@ function rowsOf<T>(result: unknown): T[] {
 
 export function createAuthRepo(orm: Orm) {
   return {
-    async createSession(session: { userId: string; refreshJti: string; accessJti: string; expiresAt: Date }) {
-      const [row] = await orm
+    /** On `executor`: a login's session goes in the transaction that records the login. */
+    async createSession(executor: Executor, session: NewSession) {
+      const now = new Date();
+      const [row] = await executor
         .insert(authSessions)
-        .values({ ...session, rotatedAt: new Date() })
+        .values({ ...session, rotatedAt: now, lastUsedAt: now })
         .returning();
       return row as SessionRow;
+    },
+
+    /** The user's sessions still able to refresh, newest first. */
+    async liveSessions(userId: string): Promise<SessionRow[]> {
+      return orm
+        .select()
+        .from(authSessions)
+        .where(
+          and(eq(authSessions.userId, userId), isNull(authSessions.revokedAt), gt(authSessions.expiresAt, new Date())),
+        )
+        .orderBy(desc(authSessions.createdAt), desc(authSessions.id));
     },
 
     async findSession(id: string): Promise<SessionRow | undefined> {
@@ -31,38 +50,48 @@ export function createAuthRepo(orm: Orm) {
     async rotateRefresh(id: string, expected: string, next: { refreshJti: string; accessJti: string }) {
       const [row] = await orm
         .update(authSessions)
-        .set({ ...next, previousJti: expected, rotatedAt: new Date() })
+        .set({ ...next, previousJti: expected, rotatedAt: new Date(), lastUsedAt: new Date() })
         .where(and(eq(authSessions.id, id), eq(authSessions.refreshJti, expected), isNull(authSessions.revokedAt)))
         .returning();
       return row;
     },
 
-    async revokeSessions(ids: string[]): Promise<void> {
-      if (ids.length === 0) return;
-      await orm
-        .update(authSessions)
-        .set({ revokedAt: new Date() })
-        .where(and(inArray(authSessions.id, ids), isNull(authSessions.revokedAt)));
-    },
-
-    /** Revokes every live session of a user (but `keep`), returning the revoked ids. */
-    async revokeUserSessions(userId: string, keep?: string): Promise<string[]> {
-      const rows = await orm
-        .update(authSessions)
-        .set({ revokedAt: new Date() })
-        .where(
-          and(
-            eq(authSessions.userId, userId),
-            isNull(authSessions.revokedAt),
-            keep ? ne(authSessions.id, keep) : undefined,
-          ),
-        )
-        .returning({ id: authSessions.id });
-      return rows.map((row) => row.id);
-    },
-
-    async revokeToken(jti: string, expiresAt: Date): Promise<void> {
-      await orm.insert(revokedTokens).values({ jti, expiresAt }).onConflictDoNothing();
+    /**
+     * In one transaction: revokes an access token, and the user's live sessions named (or all but
+     * `keep`), then runs `record` with the ids of the sessions it revoked. Returns those ids.
+     */
+    async revoke(
+      request: {
+        userId: string;
+        token?: { jti: string; expiresAt: Date };
+        sessions?: string[] | "all";
+        keep?: string;
+      },
+      record?: RevocationRecorder,
+    ): Promise<string[]> {
+      const { userId, token, sessions = [], keep } = request;
+      return orm.transaction(async (tx) => {
+        if (token) await tx.insert(revokedTokens).values(token).onConflictDoNothing();
+        const named = sessions === "all" ? undefined : sessions;
+        const revoked =
+          named?.length === 0
+            ? []
+            : await tx
+                .update(authSessions)
+                .set({ revokedAt: new Date() })
+                .where(
+                  and(
+                    eq(authSessions.userId, userId),
+                    isNull(authSessions.revokedAt),
+                    named ? inArray(authSessions.id, named) : undefined,
+                    keep ? ne(authSessions.id, keep) : undefined,
+                  ),
+                )
+                .returning({ id: authSessions.id });
+        const ids = revoked.map((row) => row.id);
+        await record?.(tx, ids);
+        return ids;
+      });
     },
 
     /** The durable answer for one request, in one round trip: the user, and whether the token is revoked. */
@@ -124,13 +153,14 @@ export function createAuthRepo(orm: Orm) {
     },
 
     /**
-     * Spends a reset token and sets the new password in one transaction. False when the token was
+     * Spends a reset token, sets the new password and records it (`record`) in one transaction. False when the token was
      * spent already, or the password changed since it was issued (`expectedHash` no longer current).
      */
     async spendResetToken(
       reset: { jti: string; userId: string; expiresAt: Date },
       expectedHash: string,
       passwordHash: string,
+      record: (tx: Tx) => Promise<void>,
     ): Promise<boolean> {
       const spend = orm.transaction(async (tx) => {
         const spent = await tx
@@ -145,6 +175,7 @@ export function createAuthRepo(orm: Orm) {
           .where(and(eq(users.id, reset.userId), eq(users.passwordHash, expectedHash)))
           .returning({ id: users.id });
         if (updated.length === 0) tx.rollback();
+        await record(tx);
         return true;
       });
       return spend.catch((error) => {

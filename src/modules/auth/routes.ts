@@ -1,28 +1,44 @@
 import { Elysia, t } from "elysia";
 import { type AuthGuard, BEARER_SECURITY, requireAuth } from "../../http/auth";
 import { errorResponses, errors } from "../../http/errors";
-import { type LimitSpec, perIp, type RateLimits } from "../../http/rate-limit";
-import { RegisterBody, User } from "../users/model";
+import { type LimitSpec, perIp, perUser, type RateLimits } from "../../http/rate-limit";
+import type { MetaReader } from "../../http/request-meta";
+import { noStore } from "../../http/security-headers";
+import { IdParams, RegisterBody, User } from "../users/model";
 import type { UsersService } from "../users/service";
+import type { EmailVerification } from "./email-verification";
 import {
   LoginBody,
+  LoginResponse,
   loginIdentifier,
   Message,
+  MfaLoginBody,
   type Principal,
   RefreshBody,
   ResetBody,
   ResetRequestBody,
+  SessionList,
   Tokens,
+  VerifyEmailBody,
 } from "./model";
 import { type AuthService, bearerToken } from "./service";
+
+const secured = (operationId: string, summary: string, description?: string) => ({
+  operationId,
+  summary,
+  description,
+  security: BEARER_SECURITY,
+});
 
 export function authRoutes(deps: {
   auth: AuthService;
   users: UsersService;
+  verification: EmailVerification;
   guard: AuthGuard<Principal>;
   limits: RateLimits["perRoute"];
+  meta: MetaReader;
 }) {
-  const { auth, users, guard, limits } = deps;
+  const { auth, users, verification, guard, limits, meta } = deps;
   // Declared apart from the routes: an inline function in the options would blind Elysia's type inference.
   const perAccount: LimitSpec["key"] = ({ body }) => {
     const identifier = loginIdentifier(body as LoginBody);
@@ -34,16 +50,16 @@ export function authRoutes(deps: {
     .use(limits)
     .post(
       "/register",
-      async ({ body, set }) => {
-        const user = await users.create(body);
-        set.status = 201;
+      async (context) => {
+        const user = await users.create(context.body, { actorId: null, meta: meta(context) });
+        context.set.status = 201;
         return user;
       },
       {
         body: RegisterBody,
         rateLimit: { rule: "register", key: perIp },
         response: {
-          201: t.Composite([User], { description: "The new account" }),
+          201: t.Composite([User], { description: "The new account; a verification link is mailed to its address" }),
           ...errorResponses(409, 422, 429),
         },
         detail: { operationId: "auth_register", summary: "Create an account" },
@@ -51,10 +67,11 @@ export function authRoutes(deps: {
     )
     .post(
       "/login",
-      ({ body }) => {
-        const identifier = loginIdentifier(body);
+      (context) => {
+        const identifier = loginIdentifier(context.body);
         if (!identifier) throw errors.validation([{ field: "username", issue: "Username or email is required" }]);
-        return auth.login(identifier, body.password);
+        noStore(context.set);
+        return auth.login(identifier, context.body.password, meta(context));
       },
       {
         body: LoginBody,
@@ -62,21 +79,41 @@ export function authRoutes(deps: {
           { rule: "loginIp", key: perIp },
           { rule: "login", key: perAccount },
         ],
-        response: { 200: Tokens, ...errorResponses(401, 422, 429) },
+        response: { 200: LoginResponse, ...errorResponses(401, 422, 429) },
         detail: {
           operationId: "auth_login",
           summary: "Log in",
           description:
-            "JSON `{username, password}` (username may be the email) or `{email, password}`, or the OAuth2 password form (`application/x-www-form-urlencoded`). The username and the email of one account share one rate-limit bucket.",
+            "JSON `{username, password}` (username may be the email) or `{email, password}`, or the OAuth2 password form (`application/x-www-form-urlencoded`). The username and the email of one account share one rate-limit bucket. With TOTP enabled the answer is `{mfa_required: true, mfa_token, methods}`: finish at `POST /auth/login/mfa`.",
+        },
+      },
+    )
+    .post(
+      "/login/mfa",
+      (context) => {
+        noStore(context.set);
+        return auth.loginWithCode(context.body.mfa_token, context.body.code, meta(context));
+      },
+      {
+        body: MfaLoginBody,
+        rateLimit: { rule: "loginIp", key: perIp },
+        response: { 200: Tokens, ...errorResponses(401, 422, 429) },
+        detail: {
+          operationId: "auth_login_mfa",
+          summary: "Finish a login with a TOTP or recovery code",
+          description:
+            "`mfa_token` from `POST /auth/login` (5 minutes; spent by the login it completes) and a 6-digit TOTP code or a recovery code. Each code works once; guesses are limited per account (`RATE_LIMIT_MFA`) and audited.",
         },
       },
     )
     .post(
       "/refresh",
-      ({ body, request }) => {
+      (context) => {
+        const { body, request } = context;
         const token = body?.refresh_token ?? bearerToken(request.headers.get("authorization") ?? undefined);
         if (!token) throw errors.unauthenticated("AUTHENTICATION_REQUIRED", "Refresh token required");
-        return auth.refresh(token);
+        noStore(context.set);
+        return auth.refresh(token, meta(context));
       },
       {
         body: RefreshBody,
@@ -91,19 +128,53 @@ export function authRoutes(deps: {
     )
     .post(
       "/logout",
-      async ({ principal, body, set }) => {
-        await auth.logout(principal, body?.refresh_token);
-        set.status = 204;
+      async (context) => {
+        await auth.logout(context.principal, context.body?.refresh_token, meta(context));
+        context.set.status = 204;
       },
       {
         auth: requireAuth,
         body: RefreshBody,
         response: { 204: t.Void({ description: "Logged out" }), ...errorResponses(401, 422) },
-        detail: {
-          operationId: "auth_logout",
-          summary: "Revoke the access token and its session",
-          security: BEARER_SECURITY,
-        },
+        detail: secured("auth_logout", "Revoke the access token and its session"),
+      },
+    )
+    .post(
+      "/logout-all",
+      async (context) => {
+        await auth.logoutAll(context.principal, meta(context));
+        context.set.status = 204;
+      },
+      {
+        auth: requireAuth,
+        response: { 204: t.Void({ description: "Every session ended" }), ...errorResponses(401) },
+        detail: secured(
+          "auth_logout_all",
+          "End every session of the account",
+          "This one too: every access and refresh token of the account stops at once, and its sockets close (4401) on every instance.",
+        ),
+      },
+    )
+    .get("/sessions", ({ principal }) => auth.listSessions(principal), {
+      auth: requireAuth,
+      response: { 200: SessionList, ...errorResponses(401) },
+      detail: secured("auth_list_sessions", "My sessions", "One per login; `last_used_at` moves at each refresh."),
+    })
+    .delete(
+      "/sessions/:id",
+      async (context) => {
+        await auth.revokeSession(context.principal, context.params.id, meta(context));
+        context.set.status = 204;
+      },
+      {
+        auth: requireAuth,
+        params: IdParams,
+        response: { 204: t.Void({ description: "Session ended" }), ...errorResponses(401, 404, 422) },
+        detail: secured(
+          "auth_revoke_session",
+          "End one of my sessions",
+          "Its tokens stop at once and its sockets close, on every instance. Another user's session, or one already ended, is a 404.",
+        ),
       },
     )
     .post(
@@ -125,8 +196,8 @@ export function authRoutes(deps: {
     )
     .post(
       "/reset-password",
-      async ({ body }) => {
-        await auth.resetPassword(body.token, body.new_password);
+      async (context) => {
+        await auth.resetPassword(context.body.token, context.body.new_password, meta(context));
         return { message: "Password has been reset. Log in with the new password." };
       },
       {
@@ -138,9 +209,43 @@ export function authRoutes(deps: {
         detail: { operationId: "auth_reset_password", summary: "Set a new password with a reset token" },
       },
     )
+    .post("/verify-email", (context) => verification.verify(context.body.token, meta(context)), {
+      body: VerifyEmailBody,
+      response: {
+        200: t.Composite([User], { description: "The user, `email_verified: true`" }),
+        ...errorResponses(400, 422),
+      },
+      detail: {
+        operationId: "auth_verify_email",
+        summary: "Verify an email address with the mailed token",
+        description:
+          "The token from the link mailed at registration, at an email change or on request. It works once, for the address it was sent to, until it expires (`EMAIL_VERIFY_EXPIRE_HOURS`); otherwise 400.",
+      },
+    })
+    .post(
+      "/request-verification",
+      async ({ principal, set }) => {
+        await verification.resend(principal.user);
+        set.status = 202;
+        return { message: "A verification link has been sent." };
+      },
+      {
+        auth: requireAuth,
+        rateLimit: { rule: "emailVerification", key: perUser },
+        response: {
+          202: t.Composite([Message], { description: "A new link is on its way" }),
+          ...errorResponses(401, 409, 429),
+        },
+        detail: secured(
+          "auth_request_verification",
+          "Mail me a new verification link",
+          "Limited per account (`RATE_LIMIT_EMAIL_VERIFY`). 409 when the address is verified already.",
+        ),
+      },
+    )
     .get("/me", ({ principal }) => principal.user, {
       auth: requireAuth,
       response: { 200: User, ...errorResponses(401) },
-      detail: { operationId: "auth_me", summary: "The current user", security: BEARER_SECURITY },
+      detail: secured("auth_me", "The current user"),
     });
 }

@@ -1,14 +1,19 @@
 import type { Config } from "../../config";
 import { errors } from "../../http/errors";
+import type { RequestMeta } from "../../http/request-meta";
 import type { Logger } from "../../platform/logger";
-import type { Mailer } from "../../platform/mail";
+import { linkWithToken, type Mailer } from "../../platform/mail";
 import type { PasswordHasher } from "../../platform/passwords";
+import type { AuditLog } from "../audit/service";
 import { toPublicUser } from "../users/model";
 import type { UsersRepo } from "../users/repo";
 import type { AccessStateCache } from "./access-state";
-import type { Claims, Principal, TokenPair } from "./model";
+import type { MfaService } from "./mfa";
+import type { MfaRepo } from "./mfa-repo";
+import type { Claims, LoginResult, Principal, SessionInfo, TokenPair } from "./model";
 import type { AuthRepo, SessionRow } from "./repo";
-import type { Subject, TokenService } from "./tokens";
+import type { Sessions } from "./sessions";
+import type { TokenService } from "./tokens";
 
 export interface AuthDeps {
   config: Pick<Config, "PASSWORD_RESET_URL" | "REFRESH_GRACE_SECONDS">;
@@ -19,6 +24,10 @@ export interface AuthDeps {
   passwords: PasswordHasher;
   mailer: Mailer;
   logger: Logger;
+  audit: AuditLog;
+  sessions: Sessions;
+  mfa: MfaService;
+  mfaRepo: MfaRepo;
 }
 
 const invalidToken = (message: string) => errors.unauthenticated("INVALID_TOKEN", message);
@@ -34,35 +43,12 @@ async function passwordFingerprint(passwordHash: string): Promise<string> {
   return Buffer.from(digest.subarray(0, 12)).toString("base64url");
 }
 
-/** The link the mail carries: `{token}` is replaced if present, else a `token` query parameter is added. */
-function resetLink(base: string, token: string): string {
-  if (base.includes("{token}")) return base.replaceAll("{token}", encodeURIComponent(token));
-  const url = new URL(base);
-  url.searchParams.set("token", token);
-  return url.toString();
-}
+/** Thrown inside a transaction to roll it back; answered after the rollback. */
+class Refused extends Error {}
 
 export function createAuthService(deps: AuthDeps) {
-  const { repo, users, access, tokens, passwords, mailer, logger } = deps;
+  const { repo, users, access, tokens, passwords, mailer, logger, audit, sessions, mfa, mfaRepo } = deps;
   const graceMs = deps.config.REFRESH_GRACE_SECONDS * 1000;
-
-  const pairOf = (subject: Subject, session: SessionRow) =>
-    tokens.pair(subject, {
-      sid: session.id,
-      accessJti: session.accessJti as string,
-      refreshJti: session.refreshJti,
-      issuedAt: Math.floor((session.rotatedAt as Date).getTime() / 1000),
-    });
-
-  async function startSession(subject: Subject): Promise<TokenPair> {
-    const session = await repo.createSession({
-      userId: subject.id,
-      refreshJti: crypto.randomUUID(),
-      accessJti: crypto.randomUUID(),
-      expiresAt: new Date(Date.now() + tokens.lifetimes.refresh * 1000),
-    });
-    return pairOf(subject, session);
-  }
 
   /** A second refresh with the token just rotated, within the grace window: a racing tab, not a thief. */
   const isGraceRace = (session: SessionRow, jti: string) =>
@@ -70,6 +56,12 @@ export function createAuthService(deps: AuthDeps) {
     session.accessJti !== null &&
     session.rotatedAt !== null &&
     Date.now() - session.rotatedAt.getTime() < graceMs;
+
+  const userEvent = (userId: string, meta: RequestMeta) => ({
+    actorId: userId,
+    target: { type: "user" as const, id: userId },
+    meta,
+  });
 
   return {
     /**
@@ -80,23 +72,69 @@ export function createAuthService(deps: AuthDeps) {
       return (await users.findByLogin(identifier))?.id ?? identifier;
     },
 
-    /** One answer for an unknown user, a wrong password and a deactivated account, in the same time. */
-    async login(identifier: string, password: string): Promise<TokenPair> {
+    /**
+     * One answer for an unknown user, a wrong password and a deactivated account, in the same time. With
+     * TOTP enabled the answer is an `mfa_token` for `/auth/login/mfa` instead of tokens.
+     */
+    async login(identifier: string, password: string, meta: RequestMeta): Promise<LoginResult> {
       const row = await users.findByLogin(identifier);
       const valid = row ? await passwords.verify(password, row.passwordHash) : await passwords.burn(password);
-      if (!row || !valid || !row.isActive) throw errors.invalidCredentials();
+      if (!row || !valid || !row.isActive) {
+        const reason = !row ? "unknown_user" : !valid ? "wrong_password" : "inactive";
+        // The identifier is kept only when it names an account: a password typed into the wrong field must not be stored.
+        await audit.recordAlone({
+          action: "login.failed",
+          actorId: null,
+          target: row && { type: "user", id: row.id },
+          details: { method: "password", reason },
+          meta,
+        });
+        throw errors.invalidCredentials();
+      }
       if (passwords.needsRehash(row.passwordHash)) {
         // A hash of another cost would verify in another time than the rest: bring it to BCRYPT_ROUNDS.
         await users.setPasswordHash(row.id, row.passwordHash, await passwords.hash(password));
       }
-      return startSession(toPublicUser(row));
+      const subject = toPublicUser(row);
+      if (await mfa.isEnabled(row.id)) {
+        return { mfa_required: true, mfa_token: await tokens.mfaToken(subject), methods: ["totp"] };
+      }
+      const session = await audit.transaction((tx) => sessions.start(tx, subject, "password", meta));
+      return sessions.pairOf(subject, session);
+    },
+
+    /**
+     * The second login step: an `mfa_token` (5 minutes, once) and a TOTP or recovery code. Guesses are
+     * counted per account and audited; the token is spent, the code accepted and the session started in
+     * one transaction, so a wrong code leaves the token usable for another try.
+     */
+    async loginWithCode(mfaToken: string, code: string, meta: RequestMeta): Promise<TokenPair> {
+      const claims = await tokens.verify(mfaToken, "mfa");
+      const proof = await mfa.prepare(claims.sub, code);
+      const row = await users.findById(claims.sub);
+      if (!row?.isActive || proof === "not-enabled") throw invalidToken("Log in again");
+      const subject = toPublicUser(row);
+      try {
+        const session = await audit.transaction(async (tx) => {
+          const token = { jti: claims.jti, userId: claims.sub, expiresAt: new Date(claims.exp * 1000) };
+          if (!(await mfaRepo.spendMfaToken(tx, token)))
+            throw invalidToken("This mfa_token was used already; log in again");
+          if (!proof || !(await mfa.spend(tx, claims.sub, proof))) throw new Refused();
+          return sessions.start(tx, subject, proof.kind, meta);
+        });
+        return await sessions.pairOf(subject, session);
+      } catch (error) {
+        if (!(error instanceof Refused)) throw error;
+        await mfa.failed(claims.sub, "login", meta);
+        throw errors.invalidCredentials("The code is wrong, expired or already used");
+      }
     },
 
     /**
      * Rotates the refresh token. Presenting the token just replaced within REFRESH_GRACE_SECONDS gives
      * the same new pair (two tabs refreshing at once); any other already-rotated token ends the session.
      */
-    async refresh(refreshToken: string): Promise<TokenPair> {
+    async refresh(refreshToken: string, meta: RequestMeta): Promise<TokenPair> {
       const claims = await tokens.verify(refreshToken, "refresh");
       const sid = claims.sid as string;
       const session = await repo.findSession(sid);
@@ -110,25 +148,76 @@ export function createAuthService(deps: AuthDeps) {
       if (session.refreshJti === claims.jti) {
         const next = { refreshJti: crypto.randomUUID(), accessJti: crypto.randomUUID() };
         const rotated = await repo.rotateRefresh(sid, claims.jti, next);
-        if (rotated) return pairOf(subject, rotated);
+        if (rotated) return sessions.pairOf(subject, rotated);
         // Lost the race to a concurrent refresh with the same token: read the pair it issued.
         current = (await repo.findSession(sid)) ?? session;
       }
-      if (!current.revokedAt && isGraceRace(current, claims.jti)) return pairOf(subject, current);
-      await access.revokeSessions(claims.sub, [sid]);
+      if (!current.revokedAt && isGraceRace(current, claims.jti)) return sessions.pairOf(subject, current);
+      await access.revoke({ userId: claims.sub, sessions: [sid] }, async (tx, revoked) => {
+        if (revoked.length === 0) return;
+        await audit.record(tx, {
+          action: "refresh.reuse_detected",
+          actorId: null,
+          target: { type: "session", id: sid },
+          details: { user_id: claims.sub },
+          meta,
+        });
+      });
       logger.warn("refresh token reuse detected; session revoked", { user_id: claims.sub, session_id: sid });
       throw invalidToken("Refresh token already used; session revoked");
     },
 
     /** Revokes the access token and its session; an optional refresh token's session (same user) ends too. */
-    async logout(principal: Principal, refreshToken?: string): Promise<void> {
-      const sessions = new Set([principal.claims.sid]);
+    async logout(principal: Principal, refreshToken: string | undefined, meta: RequestMeta): Promise<void> {
+      const ended = new Set([principal.claims.sid]);
       if (refreshToken) {
         const refresh = await tokens.verify(refreshToken, "refresh").catch(() => undefined);
-        if (refresh?.sub === principal.user.id) sessions.add(refresh.sid as string);
+        if (refresh?.sub === principal.user.id) ended.add(refresh.sid as string);
       }
-      await access.revokeToken(principal.claims);
-      await access.revokeSessions(principal.user.id, [...sessions]);
+      await access.revoke({ userId: principal.user.id, token: principal.claims, sessions: [...ended] }, (tx, revoked) =>
+        audit.record(tx, { action: "logout", ...userEvent(principal.user.id, meta), details: { sessions: revoked } }),
+      );
+    },
+
+    /** Every session of the user, this one too. */
+    async logoutAll(principal: Principal, meta: RequestMeta): Promise<void> {
+      await access.revoke({ userId: principal.user.id, token: principal.claims, sessions: "all" }, (tx, revoked) =>
+        audit.record(tx, {
+          action: "logout",
+          ...userEvent(principal.user.id, meta),
+          details: { scope: "all", sessions: revoked },
+        }),
+      );
+    },
+
+    /** The user's live sessions, newest first; `current` marks the caller's. */
+    async listSessions(principal: Principal): Promise<{ items: SessionInfo[] }> {
+      const rows = await repo.liveSessions(principal.user.id);
+      return {
+        items: rows.map((row) => ({
+          id: row.id,
+          created_at: row.createdAt.toISOString(),
+          last_used_at: (row.lastUsedAt ?? row.createdAt).toISOString(),
+          user_agent: row.userAgent,
+          ip: row.ip,
+          current: row.id === principal.claims.sid,
+        })),
+      };
+    },
+
+    /** Ends one of the user's own sessions: its tokens and sockets stop at once. Anyone else's is a 404. */
+    async revokeSession(principal: Principal, sessionId: string, meta: RequestMeta): Promise<void> {
+      const revoked = await access.revoke({ userId: principal.user.id, sessions: [sessionId] }, async (tx, ids) => {
+        if (ids.length === 0) return;
+        await audit.record(tx, {
+          action: "session.revoked",
+          actorId: principal.user.id,
+          target: { type: "session", id: sessionId },
+          details: { user_id: principal.user.id },
+          meta,
+        });
+      });
+      if (revoked.length === 0) throw errors.notFound("Session");
     },
 
     /** The per-request check behind every guarded route: the token, its revocation and the current user. */
@@ -154,7 +243,7 @@ export function createAuthService(deps: AuthDeps) {
       if (!row?.isActive) return;
       const fingerprint = await passwordFingerprint(row.passwordHash);
       const token = await tokens.resetToken(toPublicUser(row), crypto.randomUUID(), fingerprint);
-      const link = resetLink(deps.config.PASSWORD_RESET_URL, token);
+      const link = linkWithToken(deps.config.PASSWORD_RESET_URL, token);
       const minutes = tokens.lifetimes.reset / 60;
       // Not awaited: the response must not reveal, by its timing, that a mail was sent.
       mailer
@@ -167,7 +256,7 @@ export function createAuthService(deps: AuthDeps) {
     },
 
     /** Works once, and only while the password is the one the link was issued against. */
-    async resetPassword(token: string, newPassword: string): Promise<void> {
+    async resetPassword(token: string, newPassword: string, meta: RequestMeta): Promise<void> {
       const claims = await tokens.verify(token, "reset").catch(() => {
         throw errors.badRequest("Invalid or expired reset token");
       });
@@ -180,6 +269,7 @@ export function createAuthService(deps: AuthDeps) {
         { jti: claims.jti, userId: claims.sub, expiresAt: new Date(claims.exp * 1000) },
         user.passwordHash,
         hash,
+        (tx) => audit.record(tx, { action: "password.reset", ...userEvent(claims.sub, meta) }),
       );
       if (!spent) throw errors.badRequest("Reset token has already been used");
       await access.userChanged(claims.sub);

@@ -21,6 +21,8 @@ export interface PairIds {
 }
 
 const VERIFIED_CACHE_SIZE = 10_000;
+/** The second login step must follow the first within this. */
+export const MFA_TOKEN_SECONDS = 300;
 
 export function createTokenService(
   config: Pick<
@@ -46,6 +48,7 @@ export function createTokenService(
     access: config.ACCESS_TOKEN_EXPIRE_MINUTES * 60,
     refresh: config.REFRESH_TOKEN_EXPIRE_DAYS * 86_400,
     reset: config.PASSWORD_RESET_EXPIRE_MINUTES * 60,
+    mfa: MFA_TOKEN_SECONDS,
   };
 
   async function sign(
@@ -84,6 +87,9 @@ export function createTokenService(
     resetToken: (subject: Subject, jti: string, fingerprint: string) =>
       sign(subject, "reset", jti, { pwh: fingerprint }),
 
+    /** Proof that the password step of a login passed; only `/auth/login/mfa` takes it, once. */
+    mfaToken: (subject: Subject) => sign(subject, "mfa", crypto.randomUUID(), {}),
+
     /** Verifies signature, algorithm (only the configured one: never `none`), expiry, `type` and the ids' shape. */
     async verify(token: string, type: TokenType): Promise<Claims> {
       const known = verified.get(token);
@@ -101,7 +107,7 @@ export function createTokenService(
         uuid(payload.sub) &&
         uuid(payload.jti) &&
         typeof payload.exp === "number" &&
-        (type === "reset" ? typeof payload.pwh === "string" : uuid(payload.sid));
+        (type === "reset" ? typeof payload.pwh === "string" : type === "mfa" || uuid(payload.sid));
       if (!wellFormed) throw errors.unauthenticated("INVALID_TOKEN", `Not a valid ${type} token`);
       const claims = payload as unknown as Claims;
       if (verified.size >= VERIFIED_CACHE_SIZE) verified.delete(verified.keys().next().value as string);

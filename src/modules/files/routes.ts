@@ -1,6 +1,6 @@
 import type { Server } from "bun";
 import { Elysia, t } from "elysia";
-import { type AuthGuard, BEARER_SECURITY, optionalAuth, requireAuth } from "../../http/auth";
+import { type AuthGuard, BEARER_SECURITY, optionalAuth, requireAuth, requireVerifiedEmail } from "../../http/auth";
 import { errorResponses } from "../../http/errors";
 import { perUser, type RateLimits } from "../../http/rate-limit";
 import { IdParams, type PublicUser } from "../users/model";
@@ -44,11 +44,11 @@ export function filesRoutes<P extends FilesPrincipal>(deps: {
     });
   };
   const upload = {
-    auth: requireAuth,
+    auth: requireVerifiedEmail,
     rateLimit: { rule: "upload" as const, key: perUser },
     response: {
       201: t.Composite([FileInfo], { description: "The stored file" }),
-      ...errorResponses(400, 401, 408, 413, 415, 422, 507),
+      ...errorResponses(400, 401, 403, 408, 413, 415, 422, 507),
     },
     detail: {
       ...secured(

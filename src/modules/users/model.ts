@@ -42,6 +42,7 @@ export const User = t.Object(
     bio: t.Nullable(t.String()),
     role: Role,
     is_active: t.Boolean(),
+    email_verified: t.Boolean({ description: "Whether the address was confirmed through a mailed link" }),
     created_at: t.String({ format: "date-time" }),
     updated_at: t.String({ format: "date-time" }),
   },
@@ -53,15 +54,20 @@ export const RegisterBody = t.Object({ username: Username, email: Email, passwor
 export const AdminCreateBody = t.Composite([RegisterBody, t.Object({ role: t.Optional(Role) })]);
 export type NewAccount = typeof AdminCreateBody.static;
 
-export const ProfilePatch = t.Object({
+const ProfileFields = t.Object({
   username: t.Optional(Username),
   email: t.Optional(Email),
   name: t.Optional(t.Nullable(Name)),
   bio: t.Optional(t.Nullable(Bio)),
 });
+export const ProfilePatch = t.Composite([
+  ProfileFields,
+  // Required to change the email address.
+  t.Object({ current_password: t.Optional(GivenPassword) }),
+]);
 export type ProfileChanges = typeof ProfilePatch.static;
 export const AdminPatch = t.Composite([
-  ProfilePatch,
+  ProfileFields,
   t.Object({ role: t.Optional(Role), is_active: t.Optional(t.Boolean()) }),
 ]);
 export type AdminChanges = typeof AdminPatch.static;
@@ -107,6 +113,7 @@ export function toPublicUser(row: UserRow): PublicUser {
     bio: row.bio,
     role: row.role,
     is_active: row.isActive,
+    email_verified: row.emailVerified,
     created_at: row.createdAt.toISOString(),
     updated_at: row.updatedAt.toISOString(),
   };

@@ -1,5 +1,5 @@
 import { and, asc, count, desc, eq, gt, gte, ilike, lte, ne, or, type SQL, sql } from "drizzle-orm";
-import type { Orm } from "../../db/client";
+import type { Orm, Tx } from "../../db/client";
 import { type UserRow, users } from "../../db/schema";
 import type { UserFilter, UserListParams } from "./model";
 
@@ -7,6 +7,8 @@ export type NewUser = typeof users.$inferInsert;
 export type UserUpdate = Partial<
   Pick<NewUser, "username" | "email" | "name" | "bio" | "role" | "isActive" | "passwordHash">
 >;
+/** Runs inside the writing transaction (the audit event of the change). */
+export type ChangeRecorder = (tx: Tx, before: UserRow, after: UserRow) => Promise<void>;
 
 const SORT_COLUMNS = { created_at: users.createdAt, username: users.username, email: users.email } as const;
 const EXPORT_BATCH = 500;
@@ -28,8 +30,6 @@ function where(filter: UserFilter): SQL | undefined {
 
 /** Any constant shared by every instance; it names the admin lock in pg_locks. */
 const ADMIN_LOCK_KEY = 7_240_312;
-
-type Tx = Parameters<Parameters<Orm["transaction"]>[0]>[0];
 
 /** Under the admin lock (held to the end of `tx`): is `id` the only active admin? */
 async function isLastAdmin(tx: Tx, id: string): Promise<boolean> {
@@ -97,34 +97,52 @@ export function createUsersRepo(orm: Orm) {
         .where(and(eq(users.id, id), eq(users.passwordHash, current)));
     },
 
-    async insert(user: NewUser): Promise<UserRow> {
-      const [row] = await orm.insert(users).values(user).returning();
-      return row as UserRow;
+    /** Inserts a user and runs `record` with it, in one transaction. */
+    async insert(user: NewUser, record: (tx: Tx, row: UserRow) => Promise<void>): Promise<UserRow> {
+      return orm.transaction(async (tx) => {
+        const [row] = await tx.insert(users).values(user).returning();
+        await record(tx, row as UserRow);
+        return row as UserRow;
+      });
     },
 
     /**
-     * Updates a user; with `keepAnAdmin`, refuses ("last-admin") when the change would leave no active
-     * admin. Changes that can remove an admin are serialised by a transaction-scoped advisory lock, so
-     * two of them racing (mutual demotion, crossed deactivation) cannot both see another admin left.
+     * Updates a user and runs `record` with the row before and after, in one transaction; with
+     * `keepAnAdmin`, refuses ("last-admin") when the change would leave no active admin. Changes that
+     * can remove an admin are serialised by a transaction-scoped advisory lock, so two of them racing
+     * (mutual demotion, crossed deactivation) cannot both see another admin left.
      */
-    async update(id: string, changes: UserUpdate, keepAnAdmin = false): Promise<UserRow | undefined | "last-admin"> {
-      const write = (tx: Orm) =>
-        tx
+    async update(
+      id: string,
+      changes: UserUpdate,
+      options: { keepAnAdmin: boolean; record: ChangeRecorder },
+    ): Promise<{ before: UserRow; after: UserRow } | undefined | "last-admin"> {
+      return orm.transaction(async (tx) => {
+        if (options.keepAnAdmin && (await isLastAdmin(tx, id))) return "last-admin";
+        const [before] = await tx.select().from(users).where(eq(users.id, id)).for("update");
+        if (!before) return undefined;
+        const [after] = await tx
           .update(users)
           .set({ ...changes, updatedAt: new Date() })
           .where(eq(users.id, id))
-          .returning()
-          .then(([row]) => row);
-      if (!keepAnAdmin) return write(orm);
-      return orm.transaction(async (tx) => ((await isLastAdmin(tx, id)) ? "last-admin" : write(tx as unknown as Orm)));
+          .returning();
+        if (!after) return undefined;
+        await options.record(tx, before, after);
+        return { before, after };
+      });
     },
 
-    /** Deletes a user, refusing ("last-admin") to delete the last active admin; serialised like `update`. */
-    async delete(id: string): Promise<boolean | "last-admin"> {
+    /**
+     * Deletes a user, running `record` with its last row in the same transaction; refuses ("last-admin")
+     * to delete the last active admin, serialised like `update`.
+     */
+    async delete(id: string, record: (tx: Tx, row: UserRow) => Promise<void>): Promise<boolean | "last-admin"> {
       return orm.transaction(async (tx) => {
         if (await isLastAdmin(tx, id)) return "last-admin";
-        const rows = await tx.delete(users).where(eq(users.id, id)).returning({ id: users.id });
-        return rows.length > 0;
+        const [row] = await tx.delete(users).where(eq(users.id, id)).returning();
+        if (!row) return false;
+        await record(tx, row);
+        return true;
       });
     },
 

@@ -1,6 +1,7 @@
 import { Elysia, t } from "elysia";
 import { type AuthGuard, BEARER_SECURITY, requireAuth, requirePermission } from "../../http/auth";
 import { errorResponses } from "../../http/errors";
+import type { MetaReader } from "../../http/request-meta";
 import {
   AdminCreateBody,
   AdminPatch,
@@ -25,8 +26,16 @@ const secured = (operationId: string, summary: string, description?: string) => 
 /** What these routes need of the authenticated caller. */
 export type UsersPrincipal = { user: PublicUser; claims: { sid: string } };
 
-export function usersRoutes<P extends UsersPrincipal>(deps: { users: UsersService; guard: AuthGuard<P> }) {
-  const { users, guard } = deps;
+export function usersRoutes<P extends UsersPrincipal>(deps: {
+  users: UsersService;
+  guard: AuthGuard<P>;
+  meta: MetaReader;
+}) {
+  const { users, guard, meta } = deps;
+  const acting = (context: Parameters<MetaReader>[0] & { principal: P }) => ({
+    actorId: context.principal.user.id,
+    meta: meta(context),
+  });
   const updateMe = (operationId: string) => ({
     auth: requireAuth,
     body: ProfilePatch,
@@ -34,7 +43,7 @@ export function usersRoutes<P extends UsersPrincipal>(deps: { users: UsersServic
     detail: secured(
       operationId,
       "Update my profile",
-      "Only the given fields change. 409 when the username or email is taken.",
+      "Only the given fields change. A new `email` needs `current_password` (attempts limited like a password change); the new address is then unverified and gets a verification link, and the old one is told. 409 when the username or email is taken.",
     ),
   });
 
@@ -45,13 +54,28 @@ export function usersRoutes<P extends UsersPrincipal>(deps: { users: UsersServic
       response: { 200: User, ...errorResponses(401) },
       detail: secured("users_me", "My profile"),
     })
-    .put("/me", ({ principal, body }) => users.updateProfile(principal.user.id, body), updateMe("users_replace_me"))
-    .patch("/me", ({ principal, body }) => users.updateProfile(principal.user.id, body), updateMe("users_update_me"))
+    .put(
+      "/me",
+      (context) => users.updateProfile(context.principal.user.id, context.body, meta(context)),
+      updateMe("users_replace_me"),
+    )
+    .patch(
+      "/me",
+      (context) => users.updateProfile(context.principal.user.id, context.body, meta(context)),
+      updateMe("users_update_me"),
+    )
     .post(
       "/me/password",
-      async ({ principal, body, set }) => {
-        await users.changePassword(principal.user.id, body.current_password, body.new_password, principal.claims.sid);
-        set.status = 204;
+      async (context) => {
+        const { principal, body } = context;
+        await users.changePassword(
+          principal.user.id,
+          body.current_password,
+          body.new_password,
+          principal.claims.sid,
+          meta(context),
+        );
+        context.set.status = 204;
       },
       {
         auth: requireAuth,
@@ -66,9 +90,9 @@ export function usersRoutes<P extends UsersPrincipal>(deps: { users: UsersServic
     )
     .delete(
       "/me",
-      async ({ principal, set }) => {
-        await users.deactivate(principal.user.id);
-        set.status = 204;
+      async (context) => {
+        await users.deactivate(context.principal.user.id, meta(context));
+        context.set.status = 204;
       },
       {
         auth: requireAuth,
@@ -88,9 +112,9 @@ export function usersRoutes<P extends UsersPrincipal>(deps: { users: UsersServic
     })
     .post(
       "",
-      async ({ body, set }) => {
-        const user = await users.create(body);
-        set.status = 201;
+      async (context) => {
+        const user = await users.create(context.body, acting(context));
+        context.set.status = 201;
         return user;
       },
       {
@@ -139,7 +163,7 @@ export function usersRoutes<P extends UsersPrincipal>(deps: { users: UsersServic
       response: { 200: User, ...errorResponses(401, 403, 404, 422) },
       detail: secured("users_get", "Get a user (admin)"),
     })
-    .patch("/:id", ({ params, body }) => users.update(params.id, body), {
+    .patch("/:id", (context) => users.update(context.params.id, context.body, acting(context)), {
       auth: requirePermission("users:write"),
       params: IdParams,
       body: AdminPatch,
@@ -152,9 +176,9 @@ export function usersRoutes<P extends UsersPrincipal>(deps: { users: UsersServic
     })
     .delete(
       "/:id",
-      async ({ params, set }) => {
-        await users.delete(params.id);
-        set.status = 204;
+      async (context) => {
+        await users.delete(context.params.id, acting(context));
+        context.set.status = 204;
       },
       {
         auth: requirePermission("users:write"),

@@ -1,7 +1,11 @@
 import { stringify } from "csv-stringify/sync";
+import type { Tx } from "../../db/client";
+import type { UserRow } from "../../db/schema";
 import { errors, loggableError } from "../../http/errors";
+import { NO_REQUEST, type RequestMeta } from "../../http/request-meta";
 import type { Logger } from "../../platform/logger";
 import type { PasswordHasher } from "../../platform/passwords";
+import type { AuditRecorder } from "../audit/service";
 import {
   type AdminChanges,
   type NewAccount,
@@ -23,7 +27,21 @@ export interface AccountHooks {
   endSessions(id: string, keep?: string): Promise<void>;
   /** Before a user is deleted: notes what it stored, and returns what removes those bytes afterwards. */
   bytesRemover(id: string): Promise<() => Promise<void>>;
+  /** Mails a verification link to the user's (new) address. */
+  verifyEmail(user: PublicUser): Promise<void>;
+  /** After an email change: the new address gets a link, the old one a notice. */
+  emailChanged(user: PublicUser, previousEmail: string): Promise<void>;
 }
+
+/** Who is acting and from where, for the audit log. */
+export interface Acting {
+  /** The signed-in user making the change; null for a registration. */
+  actorId: string | null;
+  meta: RequestMeta;
+}
+
+/** The command line: no request, no signed-in user. */
+export const COMMAND_LINE: Acting = { actorId: null, meta: { ...NO_REQUEST, userAgent: "reviewpoint (command line)" } };
 
 /** A limit on attempts: `take` counts one and throws (429) once over. */
 export interface AttemptLimit {
@@ -38,6 +56,7 @@ const EXPORT_COLUMNS = [
   "bio",
   "role",
   "is_active",
+  "email_verified",
   "created_at",
   "updated_at",
 ] as const;
@@ -53,6 +72,7 @@ function csvLine(user: PublicUser): string {
 }
 
 const lastAdmin = () => errors.conflict("This is the last active admin; promote another user first");
+const sameAddress = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
 
 export function createUsersService(deps: {
   repo: UsersRepo;
@@ -60,8 +80,32 @@ export function createUsersService(deps: {
   hooks: AccountHooks;
   passwordAttempts: AttemptLimit;
   logger: Logger;
+  audit: AuditRecorder;
 }) {
-  const { repo, passwords, hooks, passwordAttempts, logger } = deps;
+  const { repo, passwords, hooks, passwordAttempts, logger, audit } = deps;
+
+  /** Mail is a consequence, not part of the change: a failure is logged, and the user can ask again. */
+  const mailing = (what: string, userId: string, work: Promise<void>) =>
+    work.catch((error) => logger.error(`${what} failed`, { user_id: userId, error: loggableError(error) }));
+
+  /** The audit events of one change to a user row, written in its transaction. */
+  async function recordChanges(tx: Tx, before: UserRow, after: UserRow, acting: Acting) {
+    const event = { actorId: acting.actorId, target: { type: "user" as const, id: after.id }, meta: acting.meta };
+    if (before.passwordHash !== after.passwordHash) await audit(tx, { action: "password.changed", ...event });
+    if (!sameAddress(before.email, after.email)) {
+      await audit(tx, { action: "email.changed", ...event, details: { before: before.email, after: after.email } });
+    }
+    if (before.role !== after.role || before.isActive !== after.isActive) {
+      await audit(tx, {
+        action: "user.updated",
+        ...event,
+        details: {
+          before: { role: before.role, is_active: before.isActive },
+          after: { role: after.role, is_active: after.isActive },
+        },
+      });
+    }
+  }
 
   async function refuseTaken(values: { username?: string; email?: string }, exceptId?: string) {
     const taken = await repo.takenFields(values, exceptId);
@@ -73,24 +117,44 @@ export function createUsersService(deps: {
     }
   }
 
-  /** Every change to a user goes through here: the row, then the cache, then the sessions if it lost access. */
-  async function apply(id: string, changes: UserUpdate): Promise<PublicUser> {
+  /**
+   * Every change to a user goes through here: the row and its audit events (one transaction), then the
+   * cache, then the sessions if it lost access, then the mail if the address changed.
+   */
+  async function apply(id: string, changes: UserUpdate, acting: Acting): Promise<PublicUser> {
     const losesAdmin = changes.role === "user" || changes.isActive === false;
-    const row = await repo.update(id, changes, losesAdmin);
-    if (row === "last-admin") throw lastAdmin();
-    if (!row) throw errors.notFound("User");
+    const result = await repo.update(id, changes, {
+      keepAnAdmin: losesAdmin,
+      record: (tx, before, after) => recordChanges(tx, before, after, acting),
+    });
+    if (result === "last-admin") throw lastAdmin();
+    if (!result) throw errors.notFound("User");
     await hooks.userChanged(id);
     if (changes.isActive === false) await hooks.endSessions(id);
-    const user = toPublicUser(row);
+    const user = toPublicUser(result.after);
     hooks.userUpdated?.(user);
+    if (!sameAddress(result.before.email, result.after.email)) {
+      await mailing("email change mail", id, hooks.emailChanged(user, result.before.email));
+    }
     return user;
   }
 
-  async function update(id: string, changes: AdminChanges): Promise<PublicUser> {
+  async function update(id: string, changes: AdminChanges, acting: Acting): Promise<PublicUser> {
     const { username, email, name, bio, role, is_active: isActive } = changes;
     await refuseTaken({ username, email }, id);
     // Named one by one, so nothing else a body might carry can reach the row (undefined = unchanged).
-    return apply(id, { username, email, name, bio, role, isActive });
+    return apply(id, { username, email, name, bio, role, isActive }, acting);
+  }
+
+  /** Checks a user's current password, counting the attempt against the account's limit. */
+  async function checkPassword(id: string, password: string, field: string): Promise<UserRow> {
+    await passwordAttempts.take(id);
+    const row = await repo.findById(id);
+    if (!row) throw errors.notFound("User");
+    if (!(await passwords.verify(password, row.passwordHash))) {
+      throw errors.validation([{ field, issue: "Current password is incorrect" }]);
+    }
+    return row;
   }
 
   return {
@@ -101,44 +165,74 @@ export function createUsersService(deps: {
     },
 
     /** Registration and admin creation; a race on the unique indexes still ends as 409 (23505). */
-    async create(account: NewAccount): Promise<PublicUser> {
+    async create(account: NewAccount, acting: Acting): Promise<PublicUser> {
       await refuseTaken(account);
-      const row = await repo.insert({
-        username: account.username,
-        email: account.email,
-        name: account.name ?? null,
-        role: account.role ?? "user",
-        passwordHash: await passwords.hash(account.password),
-      });
-      return toPublicUser(row);
+      const row = await repo.insert(
+        {
+          username: account.username,
+          email: account.email,
+          name: account.name ?? null,
+          role: account.role ?? "user",
+          passwordHash: await passwords.hash(account.password),
+        },
+        (tx, created) =>
+          audit(tx, {
+            action: "user.created",
+            actorId: acting.actorId ?? created.id,
+            target: { type: "user", id: created.id },
+            details: { username: created.username, role: created.role, by: acting.actorId ? "admin" : "registration" },
+            meta: acting.meta,
+          }),
+      );
+      const user = toPublicUser(row);
+      await mailing("verification mail", user.id, hooks.verifyEmail(user));
+      return user;
     },
 
-    /** A user's own profile: the type has no role or active flag to change. */
-    updateProfile: (id: string, changes: ProfileChanges) => update(id, changes),
+    /**
+     * A user's own profile: the type has no role or active flag to change. A new email address needs the
+     * current password (attempts limited like a password change).
+     */
+    async updateProfile(id: string, changes: ProfileChanges, meta: RequestMeta): Promise<PublicUser> {
+      const { current_password: password, ...fields } = changes;
+      if (fields.email !== undefined) {
+        const row = await repo.findById(id);
+        if (row && !sameAddress(row.email, fields.email)) {
+          if (password === undefined) {
+            throw errors.validation([{ field: "current_password", issue: "Required to change the email address" }]);
+          }
+          await checkPassword(id, password, "current_password");
+        }
+      }
+      return update(id, fields, { actorId: id, meta });
+    },
 
     /** An admin's change to any user; demoting or deactivating the last active admin is a 409. */
     update,
 
     /** Checks the current password (attempts are limited); this session survives, every other one ends. */
-    async changePassword(id: string, current: string, next: string, currentSession: string): Promise<void> {
-      await passwordAttempts.take(id);
-      const row = await repo.findById(id);
-      if (!row) throw errors.notFound("User");
-      if (!(await passwords.verify(current, row.passwordHash))) {
-        throw errors.validation([{ field: "current_password", issue: "Current password is incorrect" }]);
-      }
-      await apply(id, { passwordHash: await passwords.hash(next) });
+    async changePassword(id: string, current: string, next: string, currentSession: string, meta: RequestMeta) {
+      await checkPassword(id, current, "current_password");
+      await apply(id, { passwordHash: await passwords.hash(next) }, { actorId: id, meta });
       await hooks.endSessions(id, currentSession);
     },
 
-    async deactivate(id: string): Promise<void> {
-      await apply(id, { isActive: false });
+    async deactivate(id: string, meta: RequestMeta): Promise<void> {
+      await apply(id, { isActive: false }, { actorId: id, meta });
     },
 
     /** The user, its rows (by cascade), then its stored bytes. */
-    async delete(id: string): Promise<void> {
+    async delete(id: string, acting: Acting): Promise<void> {
       const removeBytes = await hooks.bytesRemover(id);
-      const deleted = await repo.delete(id);
+      const deleted = await repo.delete(id, (tx, row) =>
+        audit(tx, {
+          action: "user.deleted",
+          actorId: acting.actorId,
+          target: { type: "user", id },
+          details: { username: row.username, email: row.email, role: row.role },
+          meta: acting.meta,
+        }),
+      );
       if (deleted === "last-admin") throw lastAdmin();
       if (!deleted) throw errors.notFound("User");
       await hooks.userChanged(id);

@@ -1,51 +1,22 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { eq } from "drizzle-orm";
 import { SignJWT } from "jose";
-import { SMTPServer } from "smtp-server";
 import { usedPasswordResetTokens } from "../../../src/db/schema";
 import type { MailMessage } from "../../../src/platform/mail";
+import { type Inbox, startInbox } from "../../mail";
 import { API, call, login, makeApp, signUp } from "../../support";
 
-/** A real SMTP server in this process; every message it accepts lands in `inbox`. */
-const inbox: string[] = [];
-const smtp = new SMTPServer({
-  authOptional: true,
-  disabledCommands: ["STARTTLS"],
-  logger: false,
-  onData(stream, _session, done) {
-    let data = "";
-    stream.on("data", (chunk: Buffer) => {
-      data += chunk.toString();
-    });
-    stream.on("end", () => {
-      inbox.push(data);
-      done();
-    });
-  },
-});
+let inbox: Inbox;
 let smtpUrl = "";
 
 beforeAll(async () => {
-  await new Promise<void>((resolve) => smtp.listen(0, "127.0.0.1", resolve));
-  smtpUrl = `smtp://127.0.0.1:${(smtp.server.address() as { port: number }).port}`;
+  inbox = await startInbox();
+  smtpUrl = inbox.url;
 });
-afterAll(() => new Promise<void>((resolve) => smtp.close(resolve)));
+afterAll(() => inbox.close());
 
-/** Waits for a mail to `to` and returns the reset token from its link (quoted-printable decoded). */
-async function resetTokenFor(to: string): Promise<string> {
-  for (let i = 0; i < 100; i++) {
-    const message = inbox.find((m) => m.includes(to));
-    if (message) {
-      const text = message
-        .replace(/=\r?\n/g, "")
-        .replace(/=([0-9A-F]{2})/g, (_, hex) => String.fromCharCode(Number.parseInt(hex, 16)));
-      const token = text.match(/[?&]token=([A-Za-z0-9._%-]+)/)?.[1];
-      if (token) return decodeURIComponent(token);
-    }
-    await Bun.sleep(20);
-  }
-  throw new Error(`no reset mail reached ${to}`);
-}
+/** Waits for the reset mail to `to` and returns the token from its link. */
+const resetTokenFor = (to: string) => inbox.tokenFor(to, "/reset-password?token=");
 
 const requestReset = (app: Parameters<typeof call>[0], email: string) =>
   call(app, "POST", `${API}/auth/request-password-reset`, { body: { email } });
@@ -87,13 +58,13 @@ describe("password reset", () => {
   test("unknown email → the same 202 and no mail", async () => {
     const { app } = await makeApp({ SMTP_URL: smtpUrl });
     await signUp(app, { email: "known.person@example.com" });
-    const before = inbox.length;
+    const before = inbox.messages.length;
     const unknown = await requestReset(app, "nobody@example.com");
     const known = await requestReset(app, "known.person@example.com");
     expect(unknown.status).toBe(202);
     expect(unknown.json).toEqual(known.json);
     await resetTokenFor("known.person@example.com");
-    expect(inbox.slice(before).some((m) => m.includes("nobody@example.com"))).toBe(false);
+    expect(inbox.messages.slice(before).some((m) => m.includes("nobody@example.com"))).toBe(false);
   });
 
   test("expired, forged or non-reset tokens → 400; a weak new password → 422", async () => {

@@ -5,7 +5,18 @@ import { createPasswordHasher } from "../../../src/platform/passwords";
 import { memoryLogger } from "../../support";
 import { expectError, expectUser, FIXED_HASH, parseCsv, USER_FIELDS, type UsersApp, usersApp } from "./fixtures";
 
-const HEADER = ["id", "username", "email", "name", "bio", "role", "is_active", "created_at", "updated_at"];
+const HEADER = [
+  "id",
+  "username",
+  "email",
+  "name",
+  "bio",
+  "role",
+  "is_active",
+  "email_verified",
+  "created_at",
+  "updated_at",
+];
 
 async function exportAs(t: UsersApp, token: string, query = "") {
   return t.req("GET", `/users/export${query}`, { token });
@@ -140,9 +151,16 @@ describe("an export that fails", () => {
     const users = createUsersService({
       repo,
       passwords: createPasswordHasher(4),
-      hooks: { userChanged: async () => {}, endSessions: async () => {}, bytesRemover: async () => async () => {} },
+      hooks: {
+        userChanged: async () => {},
+        endSessions: async () => {},
+        bytesRemover: async () => async () => {},
+        verifyEmail: async () => {},
+        emailChanged: async () => {},
+      },
       passwordAttempts: { take: async () => {} },
       logger,
+      audit: async () => {},
     });
     const stream = await users.export({}, "csv");
     await expect(new Response(stream).text()).rejects.toThrow();

@@ -22,6 +22,7 @@ export const USER_FIELDS = [
   "bio",
   "created_at",
   "email",
+  "email_verified",
   "id",
   "is_active",
   "name",
@@ -38,6 +39,7 @@ export function expectUser(user: any, expected: Record<string, unknown> = {}) {
   expect(user.id).toMatch(UUID);
   expect(["user", "admin"]).toContain(user.role);
   expect(typeof user.is_active).toBe("boolean");
+  expect(typeof user.email_verified).toBe("boolean");
   expect(user.created_at).toMatch(ISO_UTC);
   expect(user.updated_at).toMatch(ISO_UTC);
   expect(user).toMatchObject(expected);

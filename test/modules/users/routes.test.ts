@@ -67,7 +67,7 @@ describe.each(["PUT", "PATCH"])("%s /users/me", (method) => {
     const ada = await t.signUp("ada", { name: "Ada" });
     const res = await t.req(method, "/users/me", {
       token: ada.access,
-      body: { username: "countess", email: "countess@example.org", name: null },
+      body: { username: "countess", email: "countess@example.org", name: null, current_password: PASSWORD },
     });
     expect(res.status).toBe(200);
     expectUser(res.json, { username: "countess", email: "countess@example.org", name: null });
@@ -83,8 +83,8 @@ describe.each(["PUT", "PATCH"])("%s /users/me", (method) => {
     const cases: [Record<string, string>, string[]][] = [
       [{ username: "bob" }, ["username"]],
       [{ username: "BoB" }, ["username"]],
-      [{ email: "BOB@Example.com" }, ["email"]],
-      [{ username: "Bob", email: "bob@example.com" }, ["email", "username"]],
+      [{ email: "BOB@Example.com", current_password: PASSWORD }, ["email"]],
+      [{ username: "Bob", email: "bob@example.com", current_password: PASSWORD }, ["email", "username"]],
     ];
     for (const [body, fields] of cases) {
       expectError(await t.req(method, "/users/me", { token: ada.access, body }), 409, "CONFLICT", fields);
