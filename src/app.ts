@@ -152,6 +152,13 @@ export function createServices(deps: AppDeps) {
         })
       : undefined);
   const antivirus = scanner && { scanner, required: !config.CLAMAV_FAIL_OPEN };
+  const audit = createAuditLog({
+    repo: createAuditRepo(db.orm),
+    enabled: config.AUDIT_ENABLED,
+    retentionDays: config.AUDIT_RETENTION_DAYS,
+    logger,
+    orm: db.orm,
+  });
   const files = createFilesService({
     repo: createFilesRepo(db.orm),
     storage: deps.storage ?? openStorage(config.storage),
@@ -167,17 +174,11 @@ export function createServices(deps: AppDeps) {
     metrics,
     notify: realtime.notify,
     antivirus: antivirus && { scanner: antivirus.scanner, failOpen: !antivirus.required },
+    audit,
   });
   const mailer =
     deps.mailer ??
     createMailer({ smtpUrl: config.SMTP_URL, from: config.MAIL_FROM, environment: config.ENVIRONMENT, logger });
-  const audit = createAuditLog({
-    repo: createAuditRepo(db.orm),
-    enabled: config.AUDIT_ENABLED,
-    retentionDays: config.AUDIT_RETENTION_DAYS,
-    logger,
-    orm: db.orm,
-  });
   const verification = createEmailVerification({
     repo: createVerificationRepo(db.orm),
     audit,
@@ -303,7 +304,7 @@ export function createApp(deps: AppDeps, services: Services = createServices(dep
         .use(mfaRoutes({ mfa, guard, meta }))
         .use(passkeyRoutes({ passkeys, guard, limits: limits.perRoute, meta }))
         .use(usersRoutes({ users, guard, meta }))
-        .use(filesRoutes({ files, guard, limits: limits.perRoute }))
+        .use(filesRoutes({ files, guard, limits: limits.perRoute, meta }))
         .use(realtimeRoutes({ realtime, authenticate: auth.authenticate, guard, logger }))
         .use(auditRoutes({ audit, guard })),
     );

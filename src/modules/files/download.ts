@@ -1,4 +1,19 @@
 /** HTTP details of serving a stored file: byte ranges, validators and the download name. */
+import type { FileRow } from "../../db/schema";
+import { errors } from "../../http/errors";
+import type { ObjectStorage } from "../../platform/storage";
+
+/** What the route sends back for a download. */
+export interface Download {
+  status: 200 | 206 | 304;
+  headers: Record<string, string>;
+  body: ReturnType<ObjectStorage["read"]> | null;
+}
+
+export interface DownloadConditions {
+  range: string | null;
+  ifNoneMatch: string | null;
+}
 
 export type RangeRequest = { start: number; end: number } | "unsatisfiable" | undefined;
 
@@ -38,4 +53,47 @@ export function contentDisposition(filename: string): string {
     (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
   );
   return `attachment; filename="${ascii}"; filename*=UTF-8''${exact}`;
+}
+
+/**
+ * A stored file's bytes with the headers a browser and a cache need: ranges, validators, a safe
+ * disposition. Whoever may see the row has been decided already.
+ */
+export async function serveStored(
+  storage: ObjectStorage,
+  row: FileRow,
+  conditions: DownloadConditions,
+): Promise<Download> {
+  // Checked first: Bun answers a missing file with its own error page, past our error mapper. A row
+  // without bytes is an upload being committed (or deleted) this instant.
+  if (!(await storage.stat(row.storageKey))) throw errors.notFound("File");
+  const etag = `"${row.fileHash}"`;
+  const headers: Record<string, string> = {
+    etag,
+    "accept-ranges": "bytes",
+    "cache-control": row.isPublic ? "public, no-cache" : "private, no-cache",
+  };
+  if (matchesEtag(conditions.ifNoneMatch, etag)) return { status: 304, headers, body: null };
+  Object.assign(headers, {
+    "content-type": row.contentType,
+    "content-disposition": contentDisposition(row.filename),
+  });
+  const range = parseRange(conditions.range, row.fileSize);
+  if (range === "unsatisfiable") throw errors.rangeNotSatisfiable(row.fileSize);
+  if (!range) {
+    return {
+      status: 200,
+      headers: { ...headers, "content-length": String(row.fileSize) },
+      body: storage.read(row.storageKey),
+    };
+  }
+  return {
+    status: 206,
+    headers: {
+      ...headers,
+      "content-length": String(range.end - range.start + 1),
+      "content-range": `bytes ${range.start}-${range.end}/${row.fileSize}`,
+    },
+    body: storage.read(row.storageKey, range),
+  };
 }

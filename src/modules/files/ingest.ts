@@ -1,9 +1,11 @@
 import type { FileRow } from "../../db/schema";
 import { errors, loggableError } from "../../http/errors";
+import type { RequestMeta } from "../../http/request-meta";
 import { type Scanner, ScannerBusyError, ScannerUnavailableError } from "../../platform/antivirus";
 import type { Logger } from "../../platform/logger";
 import type { Metrics } from "../../platform/metrics";
 import { type ObjectStorage, type PendingObject, StorageUnavailableError } from "../../platform/storage";
+import type { AuditLog } from "../audit/service";
 import type { Notify } from "../realtime/model";
 import { cleanFilename, type FileInfo, toFileInfo } from "./model";
 import type { FilesRepo } from "./repo";
@@ -31,6 +33,8 @@ export interface IngestDeps {
   antivirus?: { scanner: Scanner; failOpen: boolean };
   /** Aborted when the server stops waiting for in-flight requests: bodies still arriving get a 503. */
   shutdown?: AbortSignal;
+  /** Records file deletions, downloads by others and malware found. */
+  audit: Pick<AuditLog, "record" | "recordAlone" | "transaction">;
 }
 
 /** What an upload's bytes turned out to be, once inspected while they streamed. */
@@ -56,13 +60,13 @@ const BOOLEAN_FIELD = new Map([
  * committed, announced. Any failure leaves neither an object nor a row.
  */
 export function createIngest(deps: IngestDeps) {
-  const { repo, storage, config, logger, metrics, notify = () => {}, antivirus } = deps;
+  const { repo, storage, config, logger, metrics, notify = () => {}, antivirus, audit } = deps;
 
   /**
    * Scans the stored bytes, so a slow client never holds a scanner connection. Fail-open applies only to a
    * scanner that cannot answer; a busy one is a 503 with Retry-After, never a file stored unscanned.
    */
-  async function requireClean(pending: PendingObject, ownerId: string, filename: string): Promise<void> {
+  async function requireClean(pending: PendingObject, ownerId: string, filename: string, meta: RequestMeta) {
     if (!antivirus) return;
     let verdict: Awaited<ReturnType<Scanner["scan"]>>;
     try {
@@ -91,6 +95,13 @@ export function createIngest(deps: IngestDeps) {
       signature: verdict.signature,
       filename: cleanFilename(filename),
     });
+    await audit.recordAlone({
+      action: "malware.detected",
+      actorId: ownerId,
+      target: { type: "user", id: ownerId },
+      details: { signature: verdict.signature, filename: cleanFilename(filename) },
+      meta,
+    });
     throw errors.malware(verdict.signature);
   }
 
@@ -105,14 +116,20 @@ export function createIngest(deps: IngestDeps) {
    * Ends an upload whose bytes are all in `pending` and inspected: durable and size-checked, scanned,
    * inserted within the quota, then committed and announced. On failure nothing is left.
    */
-  async function store(owner: { id: string }, key: string, pending: PendingObject, file: InspectedFile) {
+  async function store(
+    owner: { id: string },
+    key: string,
+    pending: PendingObject,
+    file: InspectedFile,
+    meta: RequestMeta,
+  ) {
     let row: FileRow | undefined;
     try {
       const stored = await pending.close();
       if (stored !== file.size) {
         throw new StorageUnavailableError("write", new Error(`${stored} of ${file.size} bytes stored`));
       }
-      await requireClean(pending, owner.id, file.filename);
+      await requireClean(pending, owner.id, file.filename, meta);
       const inserted = await repo.insert(
         {
           ownerId: owner.id,
@@ -167,6 +184,7 @@ export function createIngest(deps: IngestDeps) {
     async upload(
       owner: { id: string },
       request: { body: ReadableStream<Uint8Array> | null; contentType: string; contentLength: number | undefined },
+      meta: RequestMeta,
     ): Promise<FileInfo> {
       if (!request.contentType.toLowerCase().startsWith("multipart/form-data")) {
         throw errors.unsupportedMediaType("Send multipart/form-data with a part named 'file'");
@@ -188,7 +206,7 @@ export function createIngest(deps: IngestDeps) {
         await discard(key, pending);
         throw error;
       }
-      return store(owner, key, pending, file);
+      return store(owner, key, pending, file, meta);
     },
   };
 }

@@ -1,5 +1,5 @@
 import { and, asc, count, desc, eq, ilike, sql, sum } from "drizzle-orm";
-import type { Orm } from "../../db/client";
+import type { Executor, Orm } from "../../db/client";
 import { type FileRow, fileStats, files } from "../../db/schema";
 import type { FileListParams } from "./model";
 
@@ -140,8 +140,9 @@ export function createFilesRepo(orm: Orm) {
       return row;
     },
 
-    async delete(id: string): Promise<FileRow | undefined> {
-      const [row] = await orm.delete(files).where(eq(files.id, id)).returning();
+    /** On the pool, or on `executor`: a transaction that also records the deletion. */
+    async delete(id: string, executor: Executor = orm): Promise<FileRow | undefined> {
+      const [row] = await executor.delete(files).where(eq(files.id, id)).returning();
       return row;
     },
 

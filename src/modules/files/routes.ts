@@ -3,6 +3,7 @@ import { Elysia, t } from "elysia";
 import { type AuthGuard, BEARER_SECURITY, optionalAuth, requireAuth, requireVerifiedEmail } from "../../http/auth";
 import { errorResponses } from "../../http/errors";
 import { perUser, type RateLimits } from "../../http/rate-limit";
+import type { MetaReader } from "../../http/request-meta";
 import { IdParams, type PublicUser } from "../users/model";
 import { FileInfo, FileList, FileListQuery, FilePatch, UploadForm } from "./model";
 import type { FilesService } from "./service";
@@ -26,22 +27,33 @@ export function filesRoutes<P extends FilesPrincipal>(deps: {
   files: FilesService;
   guard: AuthGuard<P>;
   limits: RateLimits["perRoute"];
+  meta: MetaReader;
 }) {
-  const { files, guard, limits } = deps;
+  const { files, guard, limits, meta } = deps;
   const viewerOf = (principal: P | undefined) => principal && { id: principal.user.id, role: principal.user.role };
   /**
    * The upload's body is streamed to the service, never parsed here. Bun's idle timeout is not reset by
    * body bytes (a slow upload was cut at ~30 s while still sending): off for this request, whose body the
    * service watches itself (UPLOAD_IDLE_SECONDS, UPLOAD_TIMEOUT_SECONDS).
    */
-  const store = (principal: P, request: Request, server: Server<unknown> | null) => {
+  const store = (
+    context: {
+      principal: P;
+      server: Pick<Server<unknown>, "timeout" | "requestIP"> | null;
+    } & Parameters<MetaReader>[0],
+  ) => {
+    const { request, server } = context;
     server?.timeout(request, 0);
     const length = request.headers.get("content-length");
-    return files.upload(principal.user, {
-      body: request.body,
-      contentType: request.headers.get("content-type") ?? "",
-      contentLength: length === null ? undefined : Number(length),
-    });
+    return files.upload(
+      context.principal.user,
+      {
+        body: request.body,
+        contentType: request.headers.get("content-type") ?? "",
+        contentLength: length === null ? undefined : Number(length),
+      },
+      meta(context),
+    );
   };
   const upload = {
     auth: requireVerifiedEmail,
@@ -68,17 +80,17 @@ export function filesRoutes<P extends FilesPrincipal>(deps: {
     .use(limits)
     .post(
       "",
-      async ({ principal, request, server, set }) => {
-        set.status = 201;
-        return store(principal, request, server);
+      async (context) => {
+        context.set.status = 201;
+        return store(context);
       },
       upload,
     )
     .post(
       "/",
-      async ({ principal, request, server, set }) => {
-        set.status = 201;
-        return store(principal, request, server);
+      async (context) => {
+        context.set.status = 201;
+        return store(context);
       },
       {
         ...upload,
@@ -108,11 +120,10 @@ export function filesRoutes<P extends FilesPrincipal>(deps: {
     })
     .get(
       "/:id/download",
-      async ({ principal, params, request, set }) => {
-        const download = await files.download(viewerOf(principal), params.id, {
-          range: request.headers.get("range"),
-          ifNoneMatch: request.headers.get("if-none-match"),
-        });
+      async (context) => {
+        const { principal, params, request, set } = context;
+        const conditions = { range: request.headers.get("range"), ifNoneMatch: request.headers.get("if-none-match") };
+        const download = await files.download(viewerOf(principal), params.id, conditions, meta(context));
         // An uploaded file must never run as a page of this origin.
         set.headers["content-security-policy"] = "sandbox";
         return new Response(download.body, { status: download.status, headers: download.headers });
@@ -146,9 +157,9 @@ export function filesRoutes<P extends FilesPrincipal>(deps: {
     })
     .delete(
       "/:id",
-      async ({ principal, params, set }) => {
-        await files.delete(principal.user, params.id);
-        set.status = 204;
+      async (context) => {
+        await files.delete(context.principal.user, context.params.id, meta(context));
+        context.set.status = 204;
       },
       {
         auth: requireAuth,

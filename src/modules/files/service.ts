@@ -1,8 +1,8 @@
 import type { Role } from "../../db/schema";
 import { hasPermission } from "../../http/auth";
 import { errors } from "../../http/errors";
-import type { ObjectStorage } from "../../platform/storage";
-import { contentDisposition, matchesEtag, parseRange } from "./download";
+import type { RequestMeta } from "../../http/request-meta";
+import { type Download, type DownloadConditions, serveStored } from "./download";
 import { createIngest, type IngestDeps } from "./ingest";
 import { cleanFilename, type FileChanges, type FileInfo, type FileListParams, toFileInfo } from "./model";
 
@@ -11,19 +11,12 @@ export type { FilesConfig } from "./ingest";
 /** Who asks: a signed-in user, or nobody (public files only). */
 export type Viewer = { id: string; role: Role } | undefined;
 
-/** What the route sends back for a download. */
-export interface Download {
-  status: 200 | 206 | 304;
-  headers: Record<string, string>;
-  body: ReturnType<ObjectStorage["read"]> | null;
-}
-
 /** Keys retired at once when a user is deleted (each an empty write on S3). */
 const RETIRE_BATCH = 16;
 
 /** Uploads (`ingest.ts`), downloads, listing, renaming and deletion of files. */
 export function createFilesService(deps: IngestDeps) {
-  const { repo, storage, logger, notify = () => {} } = deps;
+  const { repo, storage, logger, audit, notify = () => {} } = deps;
   const ingest = createIngest(deps);
 
   const isAdmin = (viewer: Viewer) => viewer !== undefined && hasPermission(viewer.role, "files:read");
@@ -58,47 +51,20 @@ export function createFilesService(deps: IngestDeps) {
 
     get: async (viewer: Viewer, id: string) => toFileInfo(await visible(viewer, id)),
 
-    /** The bytes with the headers a browser and a cache need: ranges, validators, a safe disposition. */
-    async download(
-      viewer: Viewer,
-      id: string,
-      conditions: { range: string | null; ifNoneMatch: string | null },
-    ): Promise<Download> {
+    /** The bytes with the headers a browser and a cache need; a download by anyone but the owner is audited. */
+    async download(viewer: Viewer, id: string, conditions: DownloadConditions, meta: RequestMeta): Promise<Download> {
       const row = await visible(viewer, id);
-      // Checked first: Bun answers a missing file with its own error page, past our error mapper. A row
-      // without bytes is an upload being committed (or deleted) this instant.
-      if (!(await storage.stat(row.storageKey))) throw errors.notFound("File");
-      const etag = `"${row.fileHash}"`;
-      const headers: Record<string, string> = {
-        etag,
-        "accept-ranges": "bytes",
-        "cache-control": row.isPublic ? "public, no-cache" : "private, no-cache",
-      };
-      if (matchesEtag(conditions.ifNoneMatch, etag)) return { status: 304, headers, body: null };
-      Object.assign(headers, {
-        "content-type": row.contentType,
-        "content-disposition": contentDisposition(row.filename),
-      });
-      const range = parseRange(conditions.range, row.fileSize);
-      if (range === "unsatisfiable") {
-        throw errors.rangeNotSatisfiable(row.fileSize);
+      const download = await serveStored(storage, row, conditions);
+      if (download.status !== 304 && viewer?.id !== row.ownerId) {
+        await audit.recordAlone({
+          action: "file.downloaded",
+          actorId: viewer?.id ?? null,
+          target: { type: "file", id: row.id },
+          details: { owner_id: row.ownerId, status: download.status },
+          meta,
+        });
       }
-      if (!range) {
-        return {
-          status: 200,
-          headers: { ...headers, "content-length": String(row.fileSize) },
-          body: storage.read(row.storageKey),
-        };
-      }
-      return {
-        status: 206,
-        headers: {
-          ...headers,
-          "content-length": String(range.end - range.start + 1),
-          "content-range": `bytes ${range.start}-${range.end}/${row.fileSize}`,
-        },
-        body: storage.read(row.storageKey, range),
-      };
+      return download;
     },
 
     async update(viewer: NonNullable<Viewer>, id: string, changes: FileChanges): Promise<FileInfo> {
@@ -112,12 +78,24 @@ export function createFilesService(deps: IngestDeps) {
     },
 
     /** The row first, then the bytes: a failure in between leaves unreachable bytes, never a row without them. */
-    async delete(viewer: NonNullable<Viewer>, id: string): Promise<void> {
+    async delete(viewer: NonNullable<Viewer>, id: string, meta: RequestMeta): Promise<void> {
       const found = await owned(viewer, id, "files:delete");
       // Retired first (a storage outage is a 503 with nothing changed): bytes a failed delete leaves
       // behind are then a temporary without a row, which the start-up sweep removes.
       await storage.retire(found.storageKey);
-      const row = await repo.delete(id);
+      const row = await audit.transaction(async (tx) => {
+        const deleted = await repo.delete(id, tx);
+        if (deleted) {
+          await audit.record(tx, {
+            action: "file.deleted",
+            actorId: viewer.id,
+            target: { type: "file", id },
+            details: { owner_id: deleted.ownerId, filename: deleted.filename },
+            meta,
+          });
+        }
+        return deleted;
+      });
       if (!row) throw errors.notFound("File");
       await storage.delete(row.storageKey).catch((error: Error) =>
         logger.warn("a deleted file's bytes are left for the start-up sweep", {
