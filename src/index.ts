@@ -48,7 +48,14 @@ Options:
 Configuration comes from the environment and config/.env (the environment wins);
 see the README for every variable.`;
 
-const ORPHAN_AGE_MS = 3_600_000;
+const SWEEP_INTERVAL_MS = 10 * 60_000;
+/** Any constant shared by every instance; it names the sweep's lock in pg_locks. */
+const SWEEP_LOCK_KEY = 7_240_312;
+/**
+ * A temporary without a row older than this is dead: no upload lasts longer than UPLOAD_TIMEOUT_SECONDS
+ * and its scan, plus a margin (an S3 marker is dated from the upload's start).
+ */
+const orphanAge = (config: Config) => (config.UPLOAD_TIMEOUT_SECONDS + 600) * 1000 + config.CLAMAV_TIMEOUT_MS;
 /** After the shutdown timeout, how long requests told to stop get to send their 503. */
 const FINAL_ANSWERS_MS = 1000;
 
@@ -207,11 +214,12 @@ async function serveCommand(config: Config, logger: Logger) {
   const stopWaiting = new AbortController();
   const deps = { config, db, kv, pubsub, logger, startedAt, inFlight, storage, shutdown: stopWaiting.signal };
   const services = createServices(deps);
-  // What uploads cut short by a crash left behind; an upload in flight elsewhere is never this old.
-  services.files
-    .recover(ORPHAN_AGE_MS)
-    .then((done) => (done.committed || done.removed) && logger.info("recovered temporary uploads", done))
-    .catch((error: Error) => logger.warn("recovery of temporary uploads failed", { error: error.message }));
+  // What uploads cut short by a crash or a lost connection left behind, at start and every few minutes.
+  const stopSweep = services.files.startSweep({
+    everyMs: SWEEP_INTERVAL_MS,
+    orphanAgeMs: orphanAge(config),
+    exclusive: (work) => db.whenFree(SWEEP_LOCK_KEY, work),
+  });
   // Every instance runs it; a lock in the database lets one prune at a time.
   const stopRetention = services.audit.startRetention();
   const app = createApp(deps, services).listen(listenOptions(config));
@@ -261,6 +269,7 @@ async function serveCommand(config: Config, logger: Logger) {
     stopSchedule?.();
     control?.stop();
     stopRetention();
+    stopSweep();
     // Then close what is left: idle keep-alive sockets, and those whose unread body Bun holds after an
     // early answer (an oversize upload from a keep-alive client), which a graceful stop waits on forever.
     await server.stop(true);

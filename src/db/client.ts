@@ -34,6 +34,11 @@ export interface Database {
   pool: PoolUsage;
   /** Runs `work` while holding a cluster-wide lock (a Postgres advisory lock on one connection). */
   exclusive<T>(lockKey: number, work: (orm: Orm) => Promise<T>): Promise<T>;
+  /**
+   * Runs `work` unless another instance holds `lockKey` (then undefined): periodic jobs that one instance
+   * at a time should do. The embedded database has one process, so it just runs.
+   */
+  whenFree<T>(lockKey: number, work: () => Promise<T>): Promise<T | undefined>;
   close(): Promise<void>;
 }
 
@@ -93,6 +98,14 @@ export function connectPostgres(options: PostgresOptions): Database {
         await single.end({ timeout: 5 });
       }
     },
+    async whenFree(lockKey, work) {
+      // A transaction-scoped lock on one pooled connection, held while `work` runs on the others.
+      const result = client.begin(async (tx) => {
+        const [row] = await tx`select pg_try_advisory_xact_lock(${lockKey}) as locked`;
+        return row?.locked ? work() : undefined;
+      });
+      return result as Promise<Awaited<ReturnType<typeof work>> | undefined>;
+    },
     close: () => client.end({ timeout: 5 }),
   };
 }
@@ -137,6 +150,7 @@ export async function openPglite(dataDir: string): Promise<Database> {
     pool,
     // The data directory's lock already keeps every other process out.
     exclusive: (_lockKey, work) => work(orm),
+    whenFree: (_lockKey, work) => work(),
     close: async () => {
       await client.close();
       if (onDisk) makeOwnerOnly(dataDir);
