@@ -12,6 +12,7 @@ import { accessLog, observability, type RequestObserver } from "./http/observabi
 import { openapiRoute } from "./http/openapi";
 import { rateLimits } from "./http/rate-limit";
 import { requestId } from "./http/request-id";
+import { ROUTER_OPTIONS, requestTarget } from "./http/request-target";
 import { securityHeaders } from "./http/security-headers";
 import { createAccessState } from "./modules/auth/access-state";
 import { createAuthRepo } from "./modules/auth/repo";
@@ -204,13 +205,15 @@ export function createApp(deps: AppDeps, services: Services = createServices(dep
     (observer): observer is RequestObserver => observer !== undefined,
   );
 
-  const app = new Elysia({ websocket: websocketOptions(config.WS_IDLE_TIMEOUT_SECONDS) })
+  const app = new Elysia({ ...ROUTER_OPTIONS, websocket: websocketOptions(config.WS_IDLE_TIMEOUT_SECONDS) })
     // On the root app: a plugin's start hook inside a group is never called. Delivery needs the server.
     .onStart(({ server }) => {
       if (server) void realtime.start(server);
     })
     .use(errorMapper(logger))
     .use(requestId())
+    // Before every hook that reads the path: a request whose path cannot be found is refused here.
+    .use(requestTarget())
     .use(securityHeaders(config.TRUST_PROXY))
     // CORS before the limiter, so a browser can read a 429 too; it answers preflights itself.
     .use(cors(config.allowedOrigins))
