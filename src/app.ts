@@ -2,7 +2,7 @@ import { Elysia } from "elysia";
 import { type Config, type StorageSetting, VERSION } from "./config";
 import type { Database } from "./db/client";
 import { authGuard } from "./http/auth";
-import { bodyParser } from "./http/body";
+import { bodyParser, type RouteBodies } from "./http/body";
 import { cors } from "./http/cors";
 import { docsRoutes } from "./http/docs";
 import { errorMapper } from "./http/errors";
@@ -20,7 +20,7 @@ import { authRoutes } from "./modules/auth/routes";
 import { createAuthService } from "./modules/auth/service";
 import { createTokenService } from "./modules/auth/tokens";
 import { createFilesRepo } from "./modules/files/repo";
-import { filesRoutes, UPLOAD_PATHS } from "./modules/files/routes";
+import { filesRoutes } from "./modules/files/routes";
 import { createFilesService } from "./modules/files/service";
 import { healthRoutes } from "./modules/health/routes";
 import { createHealthService } from "./modules/health/service";
@@ -63,8 +63,6 @@ export interface AppDeps {
 export const API_PREFIX = "/api/v1";
 /** Routes that also take an HTML form (the OAuth2 password flow of the docs' Authorize button). */
 const FORM_ROUTES = [`${API_PREFIX}/auth/login`];
-/** Routes that stream their bodies themselves. */
-const STREAM_ROUTES = UPLOAD_PATHS.map((path) => `${API_PREFIX}${path}`);
 
 const DOCUMENTATION = {
   info: {
@@ -220,7 +218,7 @@ export function createApp(deps: AppDeps, services: Services = createServices(dep
     // After CORS: a preflight answered there never reaches onAfterResponse, so it must not be counted.
     .use(deps.inFlight ? inFlightTracking(deps.inFlight) : new Elysia())
     .use(observability(observers))
-    .use(bodyParser({ formRoutes: FORM_ROUTES, streamRoutes: STREAM_ROUTES }))
+    .use(bodyParser({ formRoutes: FORM_ROUTES, app: (): RouteBodies => app }))
     .use(limits.perRequest)
     .use(docsRoutes)
     .group(API_PREFIX, (api) =>
