@@ -4,7 +4,7 @@ import { parseArgs } from "node:util";
 import { Value } from "@sinclair/typebox/value";
 import { createApp, createServices, listenOptions } from "./app";
 import { type Config, ConfigError, loadConfig, readEnvironment, VERSION } from "./config";
-import { connectPostgres, type Database, DatabaseInUseError, openPglite } from "./db/client";
+import { connectPostgres, type Database, DatabaseInUseError, openPglite, postgresOptions } from "./db/client";
 import { runMigrations } from "./db/migrate";
 import { AppError } from "./http/errors";
 import { CLOSE_GOING_AWAY } from "./modules/realtime/service";
@@ -32,14 +32,14 @@ see the README for every variable.`;
 
 const ORPHAN_AGE_MS = 3_600_000;
 
-async function openDatabase(config: Config): Promise<Database> {
-  if (config.databaseUrl) return connectPostgres({ url: config.databaseUrl, max: config.DB_POOL_MAX });
+async function openDatabase(config: Config, logger: Logger): Promise<Database> {
+  if (config.databaseUrl) return connectPostgres(postgresOptions(config.databaseUrl, config, logger));
   mkdirSync(config.DATA_DIR, { recursive: true, mode: 0o700 });
   return openPglite(join(config.DATA_DIR, "pgdata"));
 }
 
 async function migrateCommand(config: Config, logger: Logger) {
-  const db = await openDatabase(config);
+  const db = await openDatabase(config, logger);
   try {
     const applied = await runMigrations(db);
     logger.info("migrations applied", { applied, database: db.kind });
@@ -64,7 +64,7 @@ async function createAdminCommand(config: Config, logger: Logger, username?: str
     const rule = (problem.schema as { error?: string }).error ?? problem.message;
     throw new ConfigError(`create-admin: ${field}: ${rule}`);
   }
-  const db = await openDatabase(config);
+  const db = await openDatabase(config, logger);
   try {
     await runMigrations(db);
     const { users } = createServices({ config, db, kv: new MemoryStore(), logger });
@@ -80,7 +80,7 @@ async function createAdminCommand(config: Config, logger: Logger, username?: str
 
 async function serveCommand(config: Config, logger: Logger) {
   const startedAt = Date.now();
-  const db = await openDatabase(config);
+  const db = await openDatabase(config, logger);
   const [applied, kv, pubsub] = await Promise.all([
     runMigrations(db),
     createStore(config.REDIS_URL, logger),
