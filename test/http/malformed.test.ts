@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import net from "node:net";
 import { listenOptions } from "../../src/app";
-import { API, expectError, makeApp, rawHttp, signUp, type TestContext } from "../support";
+import { API, eventually, expectError, makeApp, rawHttp, signUp, type TestContext } from "../support";
 
 let ctx: TestContext;
 let port: number;
@@ -104,6 +104,7 @@ describe("malformed HTTP", () => {
     // The head is valid, so the route runs; reading the body then fails, and Bun has already answered.
     const answer = await exchange(port, `${login}Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n`);
     expect(answer).toBe(BARE_400);
+    await eventually(() => ctx.logs.length > logged, 2000);
     await Bun.sleep(50);
     const lines = ctx.logs.slice(logged).map((line) => JSON.parse(line));
     expect(lines.map(({ msg, route, status }) => ({ msg, route, status }))).toEqual([
