@@ -1,16 +1,20 @@
-import { chownSync, mkdtempSync, rmSync } from "node:fs";
+import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { freePort } from "./support";
 
-/** Debian's PostgreSQL programs; the tests that stop a database run their own cluster with them. */
-const BIN = "/usr/lib/postgresql/15/bin";
+/** Debian's PostgreSQL programs (of the installed major version); tests that stop a database run their own. */
+const DEBIAN_POSTGRES = "/usr/lib/postgresql";
+const BIN = (existsSync(DEBIAN_POSTGRES) ? readdirSync(DEBIAN_POSTGRES) : [])
+  .map((version) => join(DEBIAN_POSTGRES, version, "bin"))
+  .find((bin) => existsSync(join(bin, "initdb")));
 
 /**
  * Whether this machine can run a private cluster: Debian's binaries, and root to run them as `postgres`
- * (initdb refuses to run as root).
+ * (initdb refuses to run as root). The skipped tests say so in their names.
  */
-export const CAN_RUN_POSTGRES = Bun.file(join(BIN, "initdb")).size > 0 && process.getuid?.() === 0;
+export const CAN_RUN_POSTGRES = BIN !== undefined && process.getuid?.() === 0;
+export const PRIVATE_POSTGRES = `needs root and Debian's postgresql${CAN_RUN_POSTGRES ? "" : ": skipped here"}`;
 
 export interface ThrowawayPostgres {
   /** `postgres://postgres@127.0.0.1:PORT/postgres` (trust authentication). */
@@ -34,8 +38,9 @@ export async function throwawayPostgres(): Promise<ThrowawayPostgres> {
   chownSync(dir, Number(Bun.spawnSync(["id", "-u", "postgres"]).stdout.toString()), -1);
   const data = join(dir, "data");
   const port = freePort();
-  await asPostgres([join(BIN, "initdb"), "-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
-  const ctl = (...args: string[]) => asPostgres([join(BIN, "pg_ctl"), "-D", data, ...args]);
+  const bin = BIN as string;
+  await asPostgres([join(bin, "initdb"), "-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
+  const ctl = (...args: string[]) => asPostgres([join(bin, "pg_ctl"), "-D", data, ...args]);
   const cluster: ThrowawayPostgres = {
     url: `postgres://postgres@127.0.0.1:${port}/postgres`,
     start: () =>

@@ -4,9 +4,9 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import postgres from "postgres";
-import { CAN_RUN_POSTGRES, type ThrowawayPostgres, throwawayPostgres } from "../postgres";
+import { CAN_RUN_POSTGRES, PRIVATE_POSTGRES, type ThrowawayPostgres, throwawayPostgres } from "../postgres";
 
-describe.skipIf(!CAN_RUN_POSTGRES)("postgres.js", () => {
+describe.skipIf(!CAN_RUN_POSTGRES)(`postgres.js on a private cluster (${PRIVATE_POSTGRES})`, () => {
   let cluster: ThrowawayPostgres;
 
   // initdb takes seconds on 2 cores.

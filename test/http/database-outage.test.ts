@@ -3,7 +3,7 @@ import net from "node:net";
 import { loadConfig } from "../../src/config";
 import { connectPostgres, postgresOptions } from "../../src/db/client";
 import { runMigrations } from "../../src/db/migrate";
-import { CAN_RUN_POSTGRES, type ThrowawayPostgres, throwawayPostgres } from "../postgres";
+import { CAN_RUN_POSTGRES, PRIVATE_POSTGRES, type ThrowawayPostgres, throwawayPostgres } from "../postgres";
 import { API, call, eventually, expectError, makeApp, memoryLogger, signUp, TEST_DATABASE_URL } from "../support";
 
 const register = (app: Parameters<typeof call>[0], name: string) =>
@@ -77,7 +77,7 @@ describe("database outage", () => {
   });
 });
 
-describe.skipIf(!CAN_RUN_POSTGRES)("a private Postgres cluster", () => {
+describe.skipIf(!CAN_RUN_POSTGRES)(`a private Postgres cluster (${PRIVATE_POSTGRES})`, () => {
   // The settings the binary runs with by default.
   const defaults = loadConfig({});
   let cluster: ThrowawayPostgres;
