@@ -17,11 +17,11 @@ export function routedPath(url: string): string {
 }
 
 /**
- * The one precondition of that offset: a URL that starts with `http://`. Bun's is only a bare path when
- * the request has no usable Host (none, empty, or with a space, "/", "?"...; oven-sh/bun#33721), which
- * would misplace the path again, so such a request is refused before anything routes or counts it
- * (RFC 9112 §3.2: a request without a valid Host is a 400). The server speaks plain HTTP, so `https://`
- * never comes from a socket.
+ * The one precondition of that offset: a URL that starts with `http://`. Bun's is a bare path when the
+ * request has no usable Host (none, empty, or with a space, "/", "?"...; open pull request
+ * oven-sh/bun#33721), which would misplace the path again, so such a request is refused before anything
+ * routes or counts it (RFC 9112 §3.2: a request without a valid Host is a 400). The server speaks plain
+ * HTTP, so `https://` never comes from a socket.
  */
 export function requestTarget() {
   return new Elysia({ name: "request-target" }).onRequest(({ request }) => {
