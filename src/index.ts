@@ -5,7 +5,7 @@ import { parseArgs } from "node:util";
 import { Value } from "@sinclair/typebox/value";
 import { createApp, createServices, listenOptions, openStorage } from "./app";
 import { COMMIT, type Config, ConfigError, loadConfig, readEnvironment, VERSION } from "./config";
-import { connectPostgres, type Database, openPglite } from "./db/client";
+import { connectPostgres, type Database, openPglite, postgresOptions } from "./db/client";
 import { runMigrations } from "./db/migrate";
 import { AppError } from "./http/errors";
 import { backupFileName, fileSystemProblem, writeNewFile } from "./modules/backup/files";
@@ -63,8 +63,8 @@ const BUILD = { version: VERSION, commit: COMMIT };
 const pgdataOf = (config: Config) => join(config.DATA_DIR, "pgdata");
 
 /** Postgres, or the embedded database under DATA_DIR's lock (released when it is closed). */
-async function openDatabase(config: Config): Promise<Database> {
-  if (config.databaseUrl) return connectPostgres({ url: config.databaseUrl, max: config.DB_POOL_MAX });
+async function openDatabase(config: Config, logger: Logger): Promise<Database> {
+  if (config.databaseUrl) return connectPostgres(postgresOptions(config.databaseUrl, config, logger));
   const lock = lockDataDir(config.DATA_DIR);
   try {
     const db = await openPglite(pgdataOf(config));
@@ -103,7 +103,7 @@ async function backupCommand(config: Config, logger: Logger, output: string | un
   let stream: ReadableStream<Uint8Array>;
   let db: Database | undefined;
   try {
-    db = await openDatabase(config);
+    db = await openDatabase(config, logger);
     stream = (await openArchive({ db, storage: diskStorage(config.uploadDir), dataDir: config.DATA_DIR, build: BUILD }))
       .stream;
   } catch (error) {
@@ -161,7 +161,7 @@ async function restoreCommand(config: Config, logger: Logger, file: string | und
 }
 
 async function migrateCommand(config: Config, logger: Logger) {
-  const db = await openDatabase(config);
+  const db = await openDatabase(config, logger);
   try {
     const applied = await runMigrations(db);
     logger.info("migrations applied", { applied, database: db.kind });
@@ -186,7 +186,7 @@ async function createAdminCommand(config: Config, logger: Logger, username?: str
     const rule = (problem.schema as { error?: string }).error ?? problem.message;
     throw new ConfigError(`create-admin: ${field}: ${rule}`);
   }
-  const db = await openDatabase(config);
+  const db = await openDatabase(config, logger);
   try {
     await runMigrations(db);
     const { users } = createServices({ config, db, kv: new MemoryStore(), logger });
@@ -202,7 +202,7 @@ async function createAdminCommand(config: Config, logger: Logger, username?: str
 
 async function serveCommand(config: Config, logger: Logger) {
   const startedAt = Date.now();
-  const db = await openDatabase(config);
+  const db = await openDatabase(config, logger);
   const [applied, kv, pubsub] = await Promise.all([
     runMigrations(db),
     createStore(config.REDIS_URL, logger),

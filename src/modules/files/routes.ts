@@ -20,9 +20,6 @@ const secured = (operationId: string, summary: string, description?: string) => 
 /** Public files are readable without a token. */
 const OPTIONAL_BEARER = [...BEARER_SECURITY, {}];
 
-/** The upload paths (with and without the trailing slash): their bodies are streamed, not parsed. */
-export const UPLOAD_PATHS = ["/uploads", "/uploads/"] as const;
-
 export function filesRoutes<P extends FilesPrincipal>(deps: {
   files: FilesService;
   guard: AuthGuard<P>;
