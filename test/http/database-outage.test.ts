@@ -145,7 +145,10 @@ describe.skipIf(!CAN_RUN_POSTGRES)(`a private Postgres cluster (${PRIVATE_POSTGR
       // The outage is logged when it starts and when it ends, not once per refused request.
       const lines = logger.lines.map((line) => JSON.parse(line));
       const messages = (level: string) => lines.filter((line) => line.level === level).map((line) => line.msg);
-      expect(messages("error")).toEqual(["database unavailable: requests that need it get 503 until it answers"]);
+      // A registration whose row went in just before the stop may fail to store its verification link
+      // (logged on its own; the user asks for another): anything else at error level is the outage, once.
+      const errors = messages("error").filter((msg) => msg !== "verification mail failed");
+      expect(errors).toEqual(["database unavailable: requests that need it get 503 until it answers"]);
       expect(messages("info")).toContain("database answers again");
       const refused = lines.filter((line) => line.msg === "request" && line.status === 503).length;
       expect(refused).toBe(answers.filter((a) => a.status === 503).length);
