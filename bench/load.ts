@@ -24,23 +24,36 @@ export type Load = Omit<WrkLoad, "threads" | "connections" | "seconds"> & { pid:
 export type Measured = WrkResult & {
   /** The server process's CPU time (user + system) per request: steadier than req/s on a shared machine. */
   cpuUsPerRequest: number;
+  /** Of which its main (JavaScript) thread's; the rest is its helpers' (I/O pool, JIT, GC). */
+  mainThreadCpuUsPerRequest: number;
 };
 
 export const median = (values: number[]): number =>
   [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? 0;
 
-/** utime + stime of a process, in µs (/proc/PID/stat fields 14 and 15, in clock ticks of 10 ms). */
-export function processCpuUs(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
+/** utime + stime of a stat file, in µs (fields 14 and 15, in clock ticks of 10 ms). */
+function statCpuUs(path: string): number {
+  const fields = readFileSync(path, "utf8").split(") ")[1]?.split(" ") ?? [];
   return (Number(fields[11]) + Number(fields[12])) * 10_000;
 }
+
+/** CPU time of a process (all its threads), in µs. */
+export const processCpuUs = (pid: number): number => statCpuUs(`/proc/${pid}/stat`);
+
+/** CPU time of a process's main thread (the one whose id is the process's), in µs. */
+export const mainThreadCpuUs = (pid: number): number => statCpuUs(`/proc/${pid}/task/${pid}/stat`);
 
 export async function loadTest({ pid, ...load }: Load, shape: Shape = LOAD): Promise<Measured> {
   const { threads, connections, seconds, warmupSeconds } = shape;
   await runWrk({ ...load, threads, connections, seconds: warmupSeconds });
-  const before = processCpuUs(pid);
+  const before = { all: processCpuUs(pid), main: mainThreadCpuUs(pid) };
   const result = await runWrk({ ...load, threads, connections, seconds });
-  return { ...result, cpuUsPerRequest: (processCpuUs(pid) - before) / Math.max(1, result.requests) };
+  const requests = Math.max(1, result.requests);
+  return {
+    ...result,
+    cpuUsPerRequest: (processCpuUs(pid) - before.all) / requests,
+    mainThreadCpuUsPerRequest: (mainThreadCpuUs(pid) - before.main) / requests,
+  };
 }
 
 /** The round of a comparison whose ratio is the median, with every round's ratio (for the note). */

@@ -938,7 +938,13 @@ function uploadRows(results: UploadResults | Unavailable, busy: MachineShare, no
       `${mib} MiB upload (curl -F) vs the peer`,
       "MiB/s",
       UPLOAD_TARGETS.peerRate,
-      bigPair("ours", "peer", `baseline: Fastify + @fastify/multipart on Node ${node}; ${meanwhile}`),
+      ifMeasured(big, ({ uploads }) => {
+        const pair = medianPair(uploads.ours, uploads.peer, byRate);
+        return transferAgainst(
+          pair,
+          `baseline: Fastify + @fastify/multipart on Node ${node}; ${meanwhile}; JavaScript thread ${pair.server.mainThreadCpuMs.toFixed(0)} CPU-ms per file (peer ${pair.baseline.mainThreadCpuMs.toFixed(0)})`,
+        );
+      }),
     ),
     row(
       "u1",
@@ -978,7 +984,7 @@ function uploadRows(results: UploadResults | Unavailable, busy: MachineShare, no
           value: pair.server.cpuUsPerRequest,
           baseline: pair.baseline.cpuUsPerRequest,
           wrk: pair.server,
-          note: `${ratiosNote(pair.ratios)}; the server process alone (not Postgres)`,
+          note: `${ratiosNote(pair.ratios)}; the server process alone (not Postgres); of which the JavaScript thread ${pair.server.mainThreadCpuUsPerRequest.toFixed(0)} (peer ${pair.baseline.mainThreadCpuUsPerRequest.toFixed(0)}), the other threads (I/O pool, JIT, GC) ${(pair.server.cpuUsPerRequest - pair.server.mainThreadCpuUsPerRequest).toFixed(0)} (peer ${(pair.baseline.cpuUsPerRequest - pair.baseline.mainThreadCpuUsPerRequest).toFixed(0)})`,
         };
       }),
     ),
