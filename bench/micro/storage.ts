@@ -31,7 +31,7 @@ const chunk = Buffer.alloc(10 * 1024, "0123456789abcdef\n");
 /** One way to store an upload: bytes into `temporary`, then moved to `target`. */
 type Store = (temporary: string, target: string) => Promise<void>;
 
-/** storage.ts's `begin` (an `open` that may need its folder), `write`, `close`, `commit` (the same for the rename). */
+/** storage.ts's: the work, and once more after making the folder when it was missing. */
 async function inFolder<T>(path: string, work: () => Promise<T>): Promise<T> {
   try {
     return await work();
@@ -42,34 +42,37 @@ async function inFolder<T>(path: string, work: () => Promise<T>): Promise<T> {
   }
 }
 
+const GATHER = 1024 * 1024;
+
+/**
+ * storage.ts as it is: `begin` opens (in a folder that may be missing) and takes two 1 MiB gather
+ * buffers, `write` gathers, `close` writes, fsyncs and stats, `commit` renames (into a folder that may be
+ * missing) and removes the temporary's name in case the object was retired.
+ */
+function ours({ gather = true, fsync = true, rmAfter = true } = {}): Store {
+  return async (temporary, target) => {
+    const handle = await inFolder(temporary, () => open(temporary, "wx", 0o600));
+    const buffer = gather ? Buffer.allocUnsafe(GATHER) : undefined;
+    if (gather) Buffer.allocUnsafe(GATHER);
+    try {
+      if (buffer) buffer.set(chunk, 0);
+      await handle.write(buffer ? buffer.subarray(0, chunk.byteLength) : chunk);
+      if (fsync) await handle.sync();
+      await handle.stat();
+    } finally {
+      await handle.close();
+    }
+    await inFolder(target, () => rename(temporary, target));
+    if (rmAfter) await rm(temporary, { force: true });
+  };
+}
+
 const ways: Record<string, { store: Store; newFolder?: boolean }> = {
-  "ours: open, write, close, rename, rm": {
-    store: async (temporary, target) => {
-      const handle = await inFolder(temporary, () => open(temporary, "wx", 0o600));
-      await handle.write(chunk);
-      await handle.close();
-      await inFolder(target, () => rename(temporary, target));
-      await rm(temporary, { force: true });
-    },
-  },
-  "ours, a new shard folder each time (a young store)": {
-    newFolder: true,
-    store: async (temporary, target) => {
-      const handle = await inFolder(temporary, () => open(temporary, "wx", 0o600));
-      await handle.write(chunk);
-      await handle.close();
-      await inFolder(target, () => rename(temporary, target));
-      await rm(temporary, { force: true });
-    },
-  },
-  "without the rm after the rename": {
-    store: async (temporary, target) => {
-      const handle = await open(temporary, "wx", 0o600);
-      await handle.write(chunk);
-      await handle.close();
-      await rename(temporary, target);
-    },
-  },
+  "ours: open, 2 x 1 MiB buffers, write, fsync, stat, close, rename, rm": { store: ours() },
+  "ours, a new shard folder each time (a young store)": { store: ours(), newFolder: true },
+  "ours without the fsync": { store: ours({ fsync: false }) },
+  "ours without the 1 MiB buffers": { store: ours({ gather: false }) },
+  "ours without the rm after the rename": { store: ours({ rmAfter: false }) },
   "writeFile (one call), rename": {
     store: async (temporary, target) => {
       await writeFile(temporary, chunk, { flag: "wx", mode: 0o600 });
