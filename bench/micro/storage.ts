@@ -10,6 +10,7 @@
  */
 import {
   closeSync,
+  fsync,
   mkdirSync,
   mkdtempSync,
   openSync,
@@ -20,6 +21,10 @@ import {
   writeSync,
 } from "node:fs";
 import { mkdir, open, rename, rm, writeFile } from "node:fs/promises";
+import { promisify } from "node:util";
+
+const fsyncOnPool = promisify(fsync);
+
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 
@@ -83,6 +88,30 @@ const ways: Record<string, { store: Store; newFolder?: boolean }> = {
     store: async (temporary, target) => {
       await Bun.write(temporary, chunk);
       await rename(temporary, target);
+    },
+  },
+  "async open, write, fsync, close, rename (no buffers, stat or rm)": {
+    store: async (temporary, target) => {
+      const handle = await open(temporary, "wx", 0o600);
+      try {
+        await handle.write(chunk);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      await rename(temporary, target);
+    },
+  },
+  "sync open, write, close and rename; the fsync on the pool": {
+    store: async (temporary, target) => {
+      const fd = openSync(temporary, "wx", 0o600);
+      try {
+        writeSync(fd, chunk);
+        await fsyncOnPool(fd);
+      } finally {
+        closeSync(fd);
+      }
+      renameSync(temporary, target);
     },
   },
   "sync calls on the JavaScript thread": {

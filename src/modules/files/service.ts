@@ -51,7 +51,7 @@ export function createFilesService(deps: IngestDeps) {
     for (const temporary of await storage.temporaries()) {
       try {
         if (await repo.findByStorageKey(temporary.key)) {
-          await storage.commit(temporary.key);
+          await storage.commit(temporary.key, { retired: true });
           done.committed++;
         } else if (temporary.modifiedAt < cutoff) {
           await storage.delete(temporary.key);

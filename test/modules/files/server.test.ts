@@ -166,7 +166,7 @@ afterAll(() => {
 describe.skipIf(!CURL)(`files through a real socket${CURL ? "" : " (skipped: curl is not on PATH)"}`, () => {
   test("a client that hangs up mid-upload leaves no object, no temporary and no row; the server goes on", async () => {
     await withServer({}, async ({ ctx, port, base, token }) => {
-      const size = MiB;
+      const size = 4 * MiB;
       const { head, length } = multipart(size);
       const socket = net.connect(port, "127.0.0.1");
       await new Promise<void>((resolve, reject) => {
@@ -190,7 +190,8 @@ describe.skipIf(!CURL)(`files through a real socket${CURL ? "" : " (skipped: cur
         ].join("\r\n"),
       );
       socket.write(head);
-      socket.write(new Uint8Array(200 * 1024).fill(0x61));
+      // Past the first write to disk (1 MiB is gathered before it).
+      socket.write(new Uint8Array(1536 * 1024).fill(0x61));
       // The upload is under way: its temporary exists (so the clean-up below is really exercised).
       expect(await eventually(async () => (await stored(ctx)).temporaries === 1, 5000)).toBe(true);
       expect(received).toBe("");
