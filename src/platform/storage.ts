@@ -1,7 +1,7 @@
 import { closeSync, fsync, open as openCallback, writev } from "node:fs";
 import { link, mkdir, readdir, rename, rm, stat } from "node:fs/promises";
-import { promisify } from "node:util";
 import { dirname, join } from "node:path";
+import { promisify } from "node:util";
 
 /** Bytes being written under a key chosen beforehand; nobody reads them before their row exists. */
 export interface PendingObject {
