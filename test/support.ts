@@ -1,5 +1,5 @@
 import { expect } from "bun:test";
-import { copyFileSync, linkSync, mkdtempSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, linkSync, mkdtempSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -380,16 +380,22 @@ export function buildBinary(): Promise<void> {
   return built;
 }
 
-/** A new empty folder outside the checkout holding the binary, as an operator copies it to a VM. */
+/**
+ * A new empty folder outside the checkout, for the binary as an operator copies it to a VM. The binary
+ * goes in at the first `runShipped` (after `buildBinary`, which describe-time callers precede).
+ */
 export function operatorDir(prefix = "rp-bin-"): string {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+function installBinary(dir: string): void {
   const target = join(dir, "reviewpoint");
+  if (existsSync(target)) return;
   try {
     linkSync(BINARY, target);
   } catch {
     copyFileSync(BINARY, target);
   }
-  return dir;
 }
 
 export interface ShippedOptions {
@@ -406,6 +412,7 @@ export interface ShippedOptions {
  * is the binary itself (sh execs it): signals reach it directly.
  */
 export function runShipped(dir: string, args: string[], options: ShippedOptions = {}) {
+  installBinary(dir);
   const script = `mount -t tmpfs none "$0" && ${options.setup ? `${options.setup} && ` : ""}exec "$@"`;
   return Bun.spawn(["unshare", "-m", "sh", "-c", script, REPO_ROOT, "./reviewpoint", ...args], {
     cwd: dir,
