@@ -1,6 +1,6 @@
-import { and, asc, count, desc, eq, ilike, sql, sum } from "drizzle-orm";
+import { and, asc, count, desc, eq, gt, ilike, lte, sql, sum } from "drizzle-orm";
 import type { Executor, Orm } from "../../db/client";
-import { type FileRow, fileStats, files } from "../../db/schema";
+import { type FileRow, fileStats, files, idempotencyKeys } from "../../db/schema";
 import type { FileListParams } from "./model";
 
 export type NewFile = typeof files.$inferInsert;
@@ -14,6 +14,33 @@ async function bytesOf(db: Pick<Orm, "select">, ownerId: string): Promise<number
   const [stats] = await db.select({ bytes: fileStats.bytes }).from(fileStats).where(eq(fileStats.ownerId, ownerId));
   return stats?.bytes ?? 0;
 }
+
+/** A user's Idempotency-Key, and the oldest use of it that still counts. */
+export interface IdempotencyClaim {
+  userId: string;
+  key: string;
+  since: Date;
+}
+
+/** The file an unexpired key names. */
+async function fileOfKey(db: Pick<Orm, "select">, claim: IdempotencyClaim): Promise<FileRow | undefined> {
+  const [found] = await db
+    .select({ file: files })
+    .from(idempotencyKeys)
+    .innerJoin(files, eq(files.id, idempotencyKeys.fileId))
+    .where(
+      and(
+        eq(idempotencyKeys.userId, claim.userId),
+        eq(idempotencyKeys.key, claim.key),
+        gt(idempotencyKeys.createdAt, claim.since),
+      ),
+    )
+    .limit(1);
+  return found?.file;
+}
+
+/** Thrown inside the insert's transaction to roll the file back: another upload holds the key. */
+class KeyTaken extends Error {}
 
 export function createFilesRepo(orm: Orm) {
   /**
@@ -93,21 +120,65 @@ export function createFilesRepo(orm: Orm) {
       return row;
     },
 
+    /** The file an unexpired Idempotency-Key of the user names. */
+    fileOfKey: (claim: IdempotencyClaim) => fileOfKey(orm, claim),
+
     /**
      * Inserts the row unless it would take the owner past `quota` bytes ("over-quota"). Uploads of one
      * owner are serialised on an advisory lock for the check, so two cannot both fit the last bytes.
+     * With `claim`, the key is recorded in the same transaction; when an unexpired use of it exists (or
+     * commits while this waits on it), nothing is inserted and its file is `earlier` ("taken" if that file
+     * went meanwhile).
      */
-    async insert(file: NewFile, quota: number | undefined): Promise<FileRow | "over-quota"> {
-      if (quota === undefined) {
+    async insert(
+      file: NewFile,
+      quota: number | undefined,
+      claim?: IdempotencyClaim,
+    ): Promise<FileRow | "over-quota" | { earlier: FileRow } | "taken"> {
+      if (quota === undefined && claim === undefined) {
         const [row] = await insertFile.execute({ ...file, isPublic: file.isPublic ?? false });
         return row as FileRow;
       }
-      return orm.transaction(async (tx) => {
-        await tx.execute(sql`select pg_advisory_xact_lock(hashtext(${`files:${file.ownerId}`}))`);
-        if ((await bytesOf(tx, file.ownerId)) + file.fileSize > quota) return "over-quota";
-        const [row] = await tx.insert(files).values(file).returning();
-        return row as FileRow;
-      });
+      try {
+        return await orm.transaction(async (tx) => {
+          if (quota !== undefined) {
+            await tx.execute(sql`select pg_advisory_xact_lock(hashtext(${`files:${file.ownerId}`}))`);
+          }
+          const earlier = claim && (await fileOfKey(tx, claim));
+          if (earlier) return { earlier };
+          if (quota !== undefined && (await bytesOf(tx, file.ownerId)) + file.fileSize > quota) return "over-quota";
+          const [row] = (await tx.insert(files).values(file).returning()) as [FileRow];
+          if (claim) {
+            // A racing upload's uncommitted key makes this wait for its transaction; once it commits, the
+            // key is theirs unless expired.
+            const now = new Date();
+            const claimed = await tx
+              .insert(idempotencyKeys)
+              .values({ userId: claim.userId, key: claim.key, fileId: row.id, createdAt: now })
+              .onConflictDoUpdate({
+                target: [idempotencyKeys.userId, idempotencyKeys.key],
+                set: { fileId: row.id, createdAt: now },
+                setWhere: lte(idempotencyKeys.createdAt, claim.since),
+              })
+              .returning({ key: idempotencyKeys.key });
+            if (claimed.length === 0) throw new KeyTaken();
+          }
+          return row;
+        });
+      } catch (error) {
+        if (!(error instanceof KeyTaken) || !claim) throw error;
+        const earlier = await fileOfKey(orm, claim);
+        return earlier ? { earlier } : "taken";
+      }
+    },
+
+    /** Removes keys used before `before`; returns how many. */
+    async pruneKeys(before: Date): Promise<number> {
+      const deleted = await orm
+        .delete(idempotencyKeys)
+        .where(lte(idempotencyKeys.createdAt, before))
+        .returning({ key: idempotencyKeys.key });
+      return deleted.length;
     },
 
     /** `owner`: undefined for every owner (an admin's `all=true`), else this one. */
