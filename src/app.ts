@@ -3,7 +3,7 @@ import { Elysia } from "elysia";
 import { type Config, type StorageSetting, VERSION } from "./config";
 import type { Database } from "./db/client";
 import { authGuard } from "./http/auth";
-import { bodyParser } from "./http/body";
+import { bodyParser, type RouteBodies } from "./http/body";
 import { requestOrigin } from "./http/client";
 import { cors } from "./http/cors";
 import { docsRoutes } from "./http/docs";
@@ -15,6 +15,7 @@ import { openapiRoute } from "./http/openapi";
 import { rateLimits } from "./http/rate-limit";
 import { requestId } from "./http/request-id";
 import { requestMetaReader } from "./http/request-meta";
+import { ROUTER_OPTIONS, requestTarget } from "./http/request-target";
 import { securityHeaders } from "./http/security-headers";
 import { createAuditRepo } from "./modules/audit/repo";
 import { auditRoutes } from "./modules/audit/routes";
@@ -35,7 +36,7 @@ import { createTokenService } from "./modules/auth/tokens";
 import { createVerificationRepo } from "./modules/auth/verification-repo";
 import { createShareLinksRepo } from "./modules/files/links-repo";
 import { createFilesRepo } from "./modules/files/repo";
-import { filesRoutes, UPLOAD_PATHS } from "./modules/files/routes";
+import { filesRoutes } from "./modules/files/routes";
 import { createFilesService } from "./modules/files/service";
 import { createSpool } from "./modules/files/spool";
 import { healthRoutes } from "./modules/health/routes";
@@ -84,8 +85,6 @@ export interface AppDeps {
 export const API_PREFIX = "/api/v1";
 /** Routes that also take an HTML form (the OAuth2 password flow of the docs' Authorize button). */
 const FORM_ROUTES = [`${API_PREFIX}/auth/login`];
-/** Routes that stream their bodies themselves. */
-const STREAM_ROUTES = UPLOAD_PATHS.map((path) => `${API_PREFIX}${path}`);
 
 const DOCUMENTATION = {
   info: {
@@ -292,20 +291,22 @@ export function createApp(deps: AppDeps, services: Services = createServices(dep
     (observer): observer is RequestObserver => observer !== undefined,
   );
 
-  const app = new Elysia({ websocket: websocketOptions(config.WS_IDLE_TIMEOUT_SECONDS) })
+  const app = new Elysia({ ...ROUTER_OPTIONS, websocket: websocketOptions(config.WS_IDLE_TIMEOUT_SECONDS) })
     // On the root app: a plugin's start hook inside a group is never called. Delivery needs the server.
     .onStart(({ server }) => {
       if (server) void realtime.start(server);
     })
     .use(errorMapper(logger))
     .use(requestId())
+    // Before every hook that reads the path: a request whose path cannot be found is refused here.
+    .use(requestTarget())
     .use(securityHeaders(config.TRUST_PROXY))
     // CORS before the limiter, so a browser can read a 429 too; it answers preflights itself.
     .use(cors(config.allowedOrigins))
     // After CORS: a preflight answered there never reaches onAfterResponse, so it must not be counted.
     .use(deps.inFlight ? inFlightTracking(deps.inFlight) : new Elysia())
     .use(observability(observers))
-    .use(bodyParser({ formRoutes: FORM_ROUTES, streamRoutes: STREAM_ROUTES }))
+    .use(bodyParser({ formRoutes: FORM_ROUTES, app: (): RouteBodies => app }))
     .use(limits.perRequest)
     .use(docsRoutes)
     .group(API_PREFIX, (api) =>

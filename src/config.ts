@@ -86,6 +86,12 @@ const EnvSchema = T.Object({
   // Where clients reach this server (share links are built on it); no query or fragment.
   PUBLIC_URL: T.Optional(T.String({ pattern: "^https?://[^/?#\\s]+(/[^?#\\s]*)?$" })),
   DB_POOL_MAX: T.Integer({ minimum: 1, maximum: 200, default: 10 }),
+  // One attempt to open a Postgres connection.
+  DB_CONNECT_TIMEOUT_MS: T.Integer({ minimum: 100, maximum: 60_000, default: 2000 }),
+  // A query's wait for a free connection while the database answers (a saturated pool); then 503.
+  DB_POOL_TIMEOUT_MS: T.Integer({ minimum: 100, maximum: 60_000, default: 3000 }),
+  // A request's wait on a database that does not answer; then 503, and requests are refused until it answers.
+  DB_UNAVAILABLE_MS: T.Integer({ minimum: 100, maximum: 60_000, default: 2000 }),
   SHUTDOWN_TIMEOUT_SECONDS: T.Integer({ minimum: 0, maximum: 600, default: 10 }),
   METRICS_ENABLED: T.Boolean({ default: true }),
   // The characters a bearer token may have (RFC 6750), so a token with a space fails here, not at every scrape.

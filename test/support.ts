@@ -1,5 +1,6 @@
 import { expect } from "bun:test";
 import { copyFileSync, linkSync, mkdtempSync, rmSync } from "node:fs";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { eq, sql } from "drizzle-orm";
@@ -247,6 +248,51 @@ export function expectError(res: { status: number; json: any }, status: number, 
 export function expectUnauthorized(res: { status: number; json: any; headers: Headers }, code = "INVALID_TOKEN") {
   expectError(res, 401, code);
   expect(res.headers.get("www-authenticate")).toBe("Bearer");
+}
+
+/** What came back over a raw socket: the status line's code, the headers (lower-case names) and the body. */
+export interface RawResponse {
+  status: number;
+  headers: Record<string, string>;
+  body: string;
+  json: any;
+}
+
+/**
+ * Sends `request` byte for byte over a new TCP connection, as no HTTP client would (a made-up Host, a
+ * malformed head), and reads until the server closes (send `Connection: close`) or `ms` pass.
+ */
+export function rawHttp(port: number, request: string | Uint8Array, ms = 5000): Promise<RawResponse> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const socket = net.connect(port, "127.0.0.1", () => socket.write(request));
+    const timer = setTimeout(() => socket.destroy(new Error(`no end of response within ${ms} ms`)), ms);
+    socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+    socket.on("error", (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+    socket.on("close", () => {
+      clearTimeout(timer);
+      const bytes = Buffer.concat(chunks);
+      const end = bytes.indexOf("\r\n\r\n");
+      const head = bytes.subarray(0, end === -1 ? undefined : end).toString("latin1");
+      const [statusLine = "", ...lines] = head.split("\r\n");
+      const headers: Record<string, string> = {};
+      for (const line of lines) {
+        const colon = line.indexOf(":");
+        headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+      }
+      const body = end === -1 ? "" : bytes.subarray(end + 4).toString("utf8");
+      let json: any;
+      try {
+        json = body ? JSON.parse(body) : undefined;
+      } catch {
+        json = undefined;
+      }
+      resolve({ status: Number(statusLine.split(" ")[1]), headers, body, json });
+    });
+  });
 }
 
 /** A port nobody listens on right now. */

@@ -95,6 +95,8 @@ export interface ObjectStorage {
    * database snapshot even if they are deleted meanwhile. Disk only (a bucket has its own versioning).
    */
   pin?(keys: string[]): Promise<PinnedObjects>;
+  /** Removes pins older than `olderThanMs`: a backup that died with its process never released them. */
+  releaseStalePins?(olderThanMs: number): Promise<void>;
 }
 
 const KEY = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -313,6 +315,14 @@ export function diskStorage(root: string): ObjectStorage {
         read: (key) => Bun.file(join(dir, key)),
         release: () => rm(dir, { recursive: true, force: true }),
       };
+    },
+
+    async releaseStalePins(olderThanMs) {
+      const cutoff = Date.now() - olderThanMs;
+      for (const name of await readdir(pinnedDir).catch(() => [] as string[])) {
+        const info = await stat(join(pinnedDir, name)).catch(() => undefined);
+        if (info && info.mtimeMs < cutoff) await rm(join(pinnedDir, name), { recursive: true, force: true });
+      }
     },
   };
 }

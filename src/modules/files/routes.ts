@@ -33,9 +33,6 @@ const secured = (operationId: string, summary: string, description?: string) => 
 /** Public files are readable without a token. */
 const OPTIONAL_BEARER = [...BEARER_SECURITY, {}];
 
-/** The upload paths (with and without the trailing slash): their bodies are streamed, not parsed. */
-export const UPLOAD_PATHS = ["/uploads", "/uploads/"] as const;
-
 // An Idempotency-Key is a Structured Field string (RFC 8941): quoted, `\"` and `\\` escaped; a bare token is taken too.
 const SF_STRING = /^"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"$/;
 const BARE_KEY = /^[\x21\x23-\x7e][\x21-\x7e]*$/;

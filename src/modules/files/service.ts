@@ -16,6 +16,8 @@ export type { FilesConfig } from "./ingest";
 /** Who asks: a signed-in user, or nobody (public files only). */
 export type Viewer = { id: string; role: Role } | undefined;
 
+/** A backup's pins older than this belong to a backup that died with its process. */
+const STALE_PIN_MS = 86_400_000;
 /** Keys retired at once when a user is deleted (each an empty write on S3). */
 const RETIRE_BATCH = 16;
 
@@ -105,6 +107,32 @@ export function createFilesService(deps: FilesDeps) {
     return { links, keys };
   }
 
+  /**
+   * Finishes what uploads cut short by a crash left: a temporary with a row is committed (the upload had
+   * succeeded), one without a row and older than `olderThanMs` (so not an upload in flight) is removed,
+   * and so are backup pins left by a backup that never ended. Returns how many of each.
+   */
+  async function recover(olderThanMs: number): Promise<{ committed: number; removed: number }> {
+    const cutoff = Date.now() - olderThanMs;
+    const done = { committed: 0, removed: 0 };
+    for (const temporary of await storage.temporaries()) {
+      try {
+        if (await repo.findByStorageKey(temporary.key)) {
+          await storage.commit(temporary.key);
+          done.committed++;
+        } else if (temporary.modifiedAt < cutoff) {
+          await storage.delete(temporary.key);
+          done.removed++;
+        }
+      } catch (error) {
+        // Committed, retired or deleted meanwhile by the request that owns it; the next round looks again.
+        logger.warn("sweep skipped a temporary", { storage_key: temporary.key, error: (error as Error).message });
+      }
+    }
+    await storage.releaseStalePins?.(STALE_PIN_MS);
+    return done;
+  }
+
   return {
     ...ingest,
 
@@ -189,6 +217,8 @@ export function createFilesService(deps: FilesDeps) {
       return () => storage.delete(...keys);
     },
 
+    recover,
+
     prune,
 
     /** Prunes now and every hour after; returns what stops it. */
@@ -204,23 +234,25 @@ export function createFilesService(deps: FilesDeps) {
     },
 
     /**
-     * Finishes what uploads cut short by a crash left (run at start-up): a temporary with a row is
-     * committed (the upload had succeeded), one without a row and older than `olderThanMs` (so not an
-     * upload in flight elsewhere) is removed. Returns how many of each.
+     * Runs `recover` now and every `everyMs`, each round under `exclusive` (a lock in the database, so
+     * one instance sweeps at a time; a round another instance holds is skipped). Returns what stops it.
      */
-    async recover(olderThanMs: number): Promise<{ committed: number; removed: number }> {
-      const cutoff = Date.now() - olderThanMs;
-      const done = { committed: 0, removed: 0 };
-      for (const temporary of await storage.temporaries()) {
-        if (await repo.findByStorageKey(temporary.key)) {
-          await storage.commit(temporary.key);
-          done.committed++;
-        } else if (temporary.modifiedAt < cutoff) {
-          await storage.delete(temporary.key);
-          done.removed++;
-        }
-      }
-      return done;
+    startSweep(options: {
+      everyMs: number;
+      orphanAgeMs: number;
+      exclusive: <T>(work: () => Promise<T>) => Promise<T | undefined>;
+    }): () => void {
+      const round = () =>
+        options
+          .exclusive(() => recover(options.orphanAgeMs))
+          .then((done) => {
+            if (done && (done.committed || done.removed)) logger.info("swept temporary uploads", done);
+          })
+          .catch((error: Error) => logger.warn("sweep of temporary uploads failed", { error: error.message }));
+      void round();
+      const timer = setInterval(round, options.everyMs);
+      timer.unref();
+      return () => clearInterval(timer);
     },
   };
 }
