@@ -2,13 +2,16 @@
  * `Idempotency-Key` on POST /uploads (draft-ietf-httpapi-idempotency-key-header): a retry of an upload that
  * was stored gets that upload's File, never a copy; the key with other bytes is a 422; keys last 24 hours.
  */
-import { describe, expect, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { eq, sql } from "drizzle-orm";
 import { createServices } from "../../../src/app";
 import { idempotencyKeys } from "../../../src/db/schema";
 import { markerScanner, type Scanner, ScannerUnavailableError } from "../../../src/platform/antivirus";
 import { API, call, expectError, makeApp, signUp, type TestContext } from "../../support";
 import { NOTHING, SAMPLES, sha256, stored } from "./fixtures";
+
+// The preload's setDefaultTimeout reaches only the first file of a run (Bun 1.4.5): this file sets its own.
+setDefaultTimeout(30_000);
 
 const KEY = '"8e03978e-40d5-43e8-bc93-6894a57f9324"';
 

@@ -1,5 +1,5 @@
 /** Share links: created by the owner or an admin, used by anyone holding the URL, revoked, expired, audited. */
-import { describe, expect, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { createHash } from "node:crypto";
 import { eq, sql } from "drizzle-orm";
 import { createServices } from "../../../src/app";
@@ -7,6 +7,9 @@ import { auditEvents, shareLinks } from "../../../src/db/schema";
 import { MAX_ACTIVE_LINKS } from "../../../src/modules/files/links";
 import { API, call, expectError, makeApp, promote, signUp, type TestContext } from "../../support";
 import { SAMPLES, sha256, upload } from "./fixtures";
+
+// The preload's setDefaultTimeout reaches only the first file of a run (Bun 1.4.5): this file sets its own.
+setDefaultTimeout(30_000);
 
 const createLink = (
   ctx: TestContext,
