@@ -1,8 +1,10 @@
+import { join } from "node:path";
 import { Elysia } from "elysia";
 import { type Config, type StorageSetting, VERSION } from "./config";
 import type { Database } from "./db/client";
 import { authGuard } from "./http/auth";
 import { bodyParser, type RouteBodies } from "./http/body";
+import { requestOrigin } from "./http/client";
 import { cors } from "./http/cors";
 import { docsRoutes } from "./http/docs";
 import { errorMapper } from "./http/errors";
@@ -32,9 +34,11 @@ import { createAuthService } from "./modules/auth/service";
 import { createSessions } from "./modules/auth/sessions";
 import { createTokenService } from "./modules/auth/tokens";
 import { createVerificationRepo } from "./modules/auth/verification-repo";
+import { createShareLinksRepo } from "./modules/files/links-repo";
 import { createFilesRepo } from "./modules/files/repo";
 import { filesRoutes } from "./modules/files/routes";
 import { createFilesService } from "./modules/files/service";
+import { createSpool } from "./modules/files/spool";
 import { healthRoutes } from "./modules/health/routes";
 import { createHealthService } from "./modules/health/service";
 import { realtimeRoutes, websocketOptions } from "./modules/realtime/routes";
@@ -112,6 +116,9 @@ export function openStorage(setting: StorageSetting): ObjectStorage {
   return setting.kind === "s3" ? s3Storage(setting) : diskStorage(setting.dir);
 }
 
+/** Where S3 downloads wait to be sent with their length (proxy mode); created on first use. */
+export const spoolDir = (config: Pick<Config, "DATA_DIR">) => join(config.DATA_DIR, "download-spool");
+
 /** The application's services, wired once; the CLI uses them without HTTP. */
 export function createServices(deps: AppDeps) {
   const { config, db, kv, logger } = deps;
@@ -160,7 +167,12 @@ export function createServices(deps: AppDeps) {
   });
   const files = createFilesService({
     repo: createFilesRepo(db.orm),
+    links: createShareLinksRepo(db.orm),
     storage: deps.storage ?? openStorage(config.storage),
+    s3Delivery: {
+      spool: createSpool(spoolDir(config)),
+      presignSeconds: config.S3_DOWNLOAD_MODE === "redirect" ? config.S3_PRESIGN_SECONDS : undefined,
+    },
     config: {
       maxBytes: config.MAX_UPLOAD_SIZE,
       allowedTypes: config.allowedFileTypes,
@@ -305,7 +317,16 @@ export function createApp(deps: AppDeps, services: Services = createServices(dep
         .use(mfaRoutes({ mfa, guard, meta }))
         .use(passkeyRoutes({ passkeys, guard, limits: limits.perRoute, meta }))
         .use(usersRoutes({ users, guard, meta }))
-        .use(filesRoutes({ files, guard, limits: limits.perRoute, meta }))
+        .use(
+          filesRoutes({
+            files,
+            guard,
+            limits: limits.perRoute,
+            meta,
+            linkBase: (request) =>
+              `${config.PUBLIC_URL ?? requestOrigin(request, config.TRUST_PROXY)}${API_PREFIX}/shared/`,
+          }),
+        )
         .use(realtimeRoutes({ realtime, authenticate: auth.authenticate, guard, logger }))
         .use(auditRoutes({ audit, guard })),
     );

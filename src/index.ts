@@ -3,7 +3,7 @@ import { rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { Value } from "@sinclair/typebox/value";
-import { createApp, createServices, listenOptions, openStorage } from "./app";
+import { createApp, createServices, listenOptions, openStorage, spoolDir } from "./app";
 import { COMMIT, type Config, ConfigError, loadConfig, readEnvironment, VERSION } from "./config";
 import { connectPostgres, type Database, openPglite, postgresOptions } from "./db/client";
 import { runMigrations } from "./db/migrate";
@@ -12,6 +12,7 @@ import { backupFileName, fileSystemProblem, writeNewFile } from "./modules/backu
 import { BackupError } from "./modules/backup/model";
 import { startBackupSchedule } from "./modules/backup/schedule";
 import { openArchive, restoreArchive } from "./modules/backup/service";
+import { createSpool } from "./modules/files/spool";
 import { CLOSE_GOING_AWAY } from "./modules/realtime/service";
 import { AdminCreateBody } from "./modules/users/model";
 import { COMMAND_LINE } from "./modules/users/service";
@@ -56,6 +57,8 @@ const SWEEP_LOCK_KEY = 7_240_312;
  * and its scan, plus a margin (an S3 marker is dated from the upload's start).
  */
 const orphanAge = (config: Config) => (config.UPLOAD_TIMEOUT_SECONDS + 600) * 1000 + config.CLAMAV_TIMEOUT_MS;
+/** A spooled download older than this was left by a crash. */
+const SPOOL_ORPHAN_AGE_MS = 3_600_000;
 /** After the shutdown timeout, how long requests told to stop get to send their 503. */
 const FINAL_ANSWERS_MS = 1000;
 
@@ -220,8 +223,14 @@ async function serveCommand(config: Config, logger: Logger) {
     orphanAgeMs: orphanAge(config),
     exclusive: (work) => db.whenFree(SWEEP_LOCK_KEY, work),
   });
+  // S3 downloads a crash left in the spool (a download in progress is never this old).
+  createSpool(spoolDir(config))
+    .sweep(SPOOL_ORPHAN_AGE_MS)
+    .then((removed) => removed > 0 && logger.info("removed spooled downloads left by a crash", { removed }))
+    .catch((error: Error) => logger.warn("sweeping spooled downloads failed", { error: error.message }));
   // Every instance runs it; a lock in the database lets one prune at a time.
   const stopRetention = services.audit.startRetention();
+  const stopPruning = services.files.startPruning();
   const app = createApp(deps, services).listen(listenOptions(config));
   // With the embedded database this process holds DATA_DIR: backups are made here, on request or on schedule.
   const archive = async () => (await openArchive({ db, storage, dataDir: config.DATA_DIR, build: BUILD })).stream;
@@ -269,6 +278,7 @@ async function serveCommand(config: Config, logger: Logger) {
     stopSchedule?.();
     control?.stop();
     stopRetention();
+    stopPruning();
     stopSweep();
     // Then close what is left: idle keep-alive sockets, and those whose unread body Bun holds after an
     // early answer (an oversize upload from a keep-alive client), which a graceful stop waits on forever.

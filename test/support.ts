@@ -64,7 +64,7 @@ export function testDatabase(): Promise<Database> {
 export async function truncateAll(db: Database): Promise<void> {
   await db.orm.execute(
     sql`truncate table users, files, auth_sessions, revoked_tokens, used_password_reset_tokens, email_verifications,
-      user_mfa, mfa_recovery_codes, used_mfa_tokens, passkeys, webauthn_challenges, audit_events restart identity cascade`,
+      user_mfa, mfa_recovery_codes, used_mfa_tokens, passkeys, webauthn_challenges, audit_events, share_links, idempotency_keys restart identity cascade`,
   );
 }
 

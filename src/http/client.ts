@@ -14,3 +14,14 @@ export function clientIp(request: Request, server: ClientServer, trustProxy: boo
 export function isHttps(request: Request, trustProxy: boolean): boolean {
   return trustProxy && request.headers.get("x-forwarded-proto")?.split(",")[0]?.trim() === "https";
 }
+
+/**
+ * The origin the client used: the request's own, or (with TRUST_PROXY) as the proxy forwarded it
+ * (`X-Forwarded-Proto`, `X-Forwarded-Host`, first value each).
+ */
+export function requestOrigin(request: Request, trustProxy: boolean): string {
+  const url = new URL(request.url);
+  const forwardedHost = trustProxy ? request.headers.get("x-forwarded-host")?.split(",")[0]?.trim() : undefined;
+  const protocol = isHttps(request, trustProxy) ? "https:" : url.protocol;
+  return `${protocol}//${forwardedHost || url.host}`;
+}

@@ -85,6 +85,11 @@ export interface ObjectStorage {
   /** The object's bytes, or the inclusive byte range [start, end], streamed when sent as a body. */
   read(key: string, range?: { start: number; end: number }): Blob | ReadableStream<Uint8Array>;
   stat(key: string): Promise<{ size: number } | undefined>;
+  /**
+   * S3 only: a URL at which the bucket itself serves the object for `seconds`, answering with this
+   * Content-Type and Content-Disposition. Signed locally: no request is made.
+   */
+  presign?(key: string, options: { seconds: number; contentType: string; contentDisposition: string }): string;
   /** Removes objects, and temporaries of the same keys. */
   delete(...keys: string[]): Promise<void>;
   /** Every temporary object, for the start-up sweep. */

@@ -1,10 +1,15 @@
-import type { Role } from "../../db/schema";
+import type { FileRow, Role } from "../../db/schema";
 import { hasPermission } from "../../http/auth";
-import { errors } from "../../http/errors";
+import { errors, loggableError } from "../../http/errors";
 import type { RequestMeta } from "../../http/request-meta";
-import { type Download, type DownloadConditions, serveStored } from "./download";
-import { createIngest, type IngestDeps } from "./ingest";
+import type { Metrics } from "../../platform/metrics";
+import { StorageUnavailableError } from "../../platform/storage";
+import { type Download, type DownloadConditions, type S3Delivery, serveStored } from "./download";
+import { createIngest, IDEMPOTENCY_KEY_TTL_MS, type IngestDeps } from "./ingest";
+import { createShareLinks } from "./links";
+import type { ShareLinksRepo } from "./links-repo";
 import { cleanFilename, type FileChanges, type FileInfo, type FileListParams, toFileInfo } from "./model";
+import { SpoolReadError } from "./spool";
 
 export type { FilesConfig } from "./ingest";
 
@@ -16,9 +21,19 @@ const STALE_PIN_MS = 86_400_000;
 /** Keys retired at once when a user is deleted (each an empty write on S3). */
 const RETIRE_BATCH = 16;
 
-/** Uploads (`ingest.ts`), downloads, listing, renaming and deletion of files. */
-export function createFilesService(deps: IngestDeps) {
-  const { repo, storage, logger, audit, notify = () => {} } = deps;
+/** Expired share links and Idempotency-Keys are pruned this often. */
+const PRUNE_INTERVAL_MS = 3_600_000;
+
+export interface FilesDeps extends IngestDeps {
+  links: ShareLinksRepo;
+  metrics: Pick<Metrics, "uploadStored" | "uploadScanned" | "downloadFailed">;
+  /** How a bucket's bytes reach clients (S3_DOWNLOAD_MODE). */
+  s3Delivery: S3Delivery;
+}
+
+/** Uploads (`ingest.ts`), downloads, share links (`links.ts`), listing, renaming and deletion of files. */
+export function createFilesService(deps: FilesDeps) {
+  const { repo, storage, logger, audit, metrics, notify = () => {} } = deps;
   const ingest = createIngest(deps);
 
   const isAdmin = (viewer: Viewer) => viewer !== undefined && hasPermission(viewer.role, "files:read");
@@ -38,6 +53,58 @@ export function createFilesService(deps: IngestDeps) {
       throw errors.forbidden();
     }
     return row;
+  }
+
+  /**
+   * The bytes with their headers; a download the storage fails to deliver whole is logged once with its
+   * request id, counted, and answered 503 (spooling finds the failure before the status line goes out).
+   * `downloaded`: record `file.downloaded` with these details.
+   */
+  async function deliver(
+    row: FileRow,
+    conditions: DownloadConditions,
+    meta: RequestMeta,
+    downloaded?: { actorId: string | null; details: Record<string, unknown> },
+  ): Promise<Download> {
+    let download: Download;
+    try {
+      download = await serveStored(storage, row, conditions, deps.s3Delivery);
+    } catch (error) {
+      if (conditions.signal?.aborted) throw errors.badRequest("Download aborted by the client");
+      if (!(error instanceof SpoolReadError || error instanceof StorageUnavailableError)) throw error;
+      logger.warn("download failed: the storage did not deliver the file", {
+        request_id: meta.requestId,
+        file_id: row.id,
+        ...(error instanceof SpoolReadError && { bytes_received: error.received, bytes_expected: error.expected }),
+        error: loggableError(error.cause ?? error),
+      });
+      metrics.downloadFailed();
+      throw errors.unavailable("The file storage failed while sending the file; try again");
+    }
+    if (downloaded && download.status !== 304) {
+      try {
+        await audit.recordAlone({
+          action: "file.downloaded",
+          actorId: downloaded.actorId,
+          target: { type: "file", id: row.id },
+          details: { ...downloaded.details, status: download.status },
+          meta,
+        });
+      } catch (error) {
+        await download.release?.();
+        throw error;
+      }
+    }
+    return download;
+  }
+
+  /** Removes expired share links and Idempotency-Keys; returns how many of each. */
+  async function prune(now = Date.now()): Promise<{ links: number; keys: number }> {
+    const [links, keys] = await Promise.all([
+      deps.links.pruneExpired(new Date(now)),
+      repo.pruneKeys(new Date(now - IDEMPOTENCY_KEY_TTL_MS)),
+    ]);
+    return { links, keys };
   }
 
   /**
@@ -69,6 +136,13 @@ export function createFilesService(deps: IngestDeps) {
   return {
     ...ingest,
 
+    links: createShareLinks({
+      repo: deps.links,
+      audit,
+      owned: (actor, id) => owned(actor, id, "files:write"),
+      deliver,
+    }),
+
     async list(viewer: NonNullable<Viewer>, params: FileListParams) {
       const wantsOthers = params.all || (params.owner_id !== undefined && params.owner_id !== viewer.id);
       if (wantsOthers && !isAdmin(viewer)) throw errors.forbidden("Only an admin may list other users' files");
@@ -82,17 +156,13 @@ export function createFilesService(deps: IngestDeps) {
     /** The bytes with the headers a browser and a cache need; a download by anyone but the owner is audited. */
     async download(viewer: Viewer, id: string, conditions: DownloadConditions, meta: RequestMeta): Promise<Download> {
       const row = await visible(viewer, id);
-      const download = await serveStored(storage, row, conditions);
-      if (download.status !== 304 && viewer?.id !== row.ownerId) {
-        await audit.recordAlone({
-          action: "file.downloaded",
-          actorId: viewer?.id ?? null,
-          target: { type: "file", id: row.id },
-          details: { owner_id: row.ownerId, status: download.status },
-          meta,
-        });
-      }
-      return download;
+      const byOther = viewer?.id !== row.ownerId;
+      return deliver(
+        row,
+        conditions,
+        meta,
+        byOther ? { actorId: viewer?.id ?? null, details: { owner_id: row.ownerId } } : undefined,
+      );
     },
 
     async update(viewer: NonNullable<Viewer>, id: string, changes: FileChanges): Promise<FileInfo> {
@@ -148,6 +218,20 @@ export function createFilesService(deps: IngestDeps) {
     },
 
     recover,
+
+    prune,
+
+    /** Prunes now and every hour after; returns what stops it. */
+    startPruning(): () => void {
+      const run = () =>
+        prune().catch((error) =>
+          logger.warn("pruning share links and idempotency keys failed", { error: loggableError(error) }),
+        );
+      void run();
+      const timer = setInterval(run, PRUNE_INTERVAL_MS);
+      timer.unref?.();
+      return () => clearInterval(timer);
+    },
 
     /**
      * Runs `recover` now and every `everyMs`, each round under `exclusive` (a lock in the database, so
