@@ -176,6 +176,11 @@ export function createPasskeyService(deps: {
       }
       if (!verification.verified) throw errors.badRequest("Passkey registration rejected");
       const { credential } = verification.registrationInfo;
+      // The library does not compare them: the id kept (and looked up at sign-in) must be the one the
+      // response names, which the schema also bounds to what the column holds.
+      if (credential.id !== response.id) {
+        throw errors.badRequest("Passkey registration rejected: the attested credential id is not the response's id");
+      }
       const row = await audit.transaction(async (tx) => {
         const inserted = await repo.insert(tx, {
           userId: user.id,

@@ -261,6 +261,19 @@ describe("passkeys", () => {
     expectError(await signIn(ctx, authenticator), 401, "INVALID_CREDENTIALS");
   });
 
+  test("the credential kept is the one the response names: another, or one too long to keep, is a 400", async () => {
+    const ctx = await makeApp();
+    const account = await signUp(ctx.app);
+    // The attestation carries a credential id of 1100 bytes; the response names a short one.
+    const oversized = new SoftAuthenticator(ORIGIN, 1100).register(await registrationOptions(ctx, account));
+    const hidden = await verifyRegistration(ctx, account, { ...oversized, id: "AAAA", rawId: "AAAA" });
+    expectError(hidden, 400, "BAD_REQUEST");
+    const named = new SoftAuthenticator(ORIGIN).credentialId;
+    const other = new SoftAuthenticator(ORIGIN).register(await registrationOptions(ctx, account));
+    expectError(await verifyRegistration(ctx, account, { ...other, id: named, rawId: named }), 400, "BAD_REQUEST");
+    expect(await ctx.deps.db.orm.select().from(passkeys)).toEqual([]);
+  });
+
   test("the same authenticator cannot be registered twice", async () => {
     const ctx = await makeApp();
     const account = await signUp(ctx.app);
