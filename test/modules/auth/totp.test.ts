@@ -147,6 +147,35 @@ describe.skipIf(!HAS_OATHTOOL)("TOTP with oathtool as the authenticator", () => 
     expectUnauthorized(refresh, "INVALID_TOKEN");
   });
 
+  test("a password change or reset voids the mfa_tokens issued before it", async () => {
+    const mails: MailMessage[] = [];
+    const { ctx, clock, account, secret } = await withTotp({}, { send: async (mail) => void mails.push(mail) });
+    const code = () => oathtool(secret, clock.now());
+    const stale = (await passwordStep(ctx, account)).mfa_token;
+    const changed = await call(ctx.app, "POST", `${API}/users/me/password`, {
+      token: account.access,
+      body: { current_password: PASSWORD, new_password: "changed123" },
+    });
+    expect(changed.status).toBe(204);
+    expectUnauthorized(await codeStep(ctx, stale, await code()), "INVALID_TOKEN");
+
+    const beforeReset = await call(ctx.app, "POST", `${API}/auth/login`, {
+      body: { username: account.username, password: "changed123" },
+    });
+    await call(ctx.app, "POST", `${API}/auth/request-password-reset`, { body: { email: account.email } });
+    const token = decodeURIComponent(mails.at(-1)?.text.match(/[?&]token=([A-Za-z0-9._%-]+)/)?.[1] ?? "");
+    const reset = await call(ctx.app, "POST", `${API}/auth/reset-password`, {
+      body: { token, new_password: "resetted123" },
+    });
+    expect(reset.status).toBe(200);
+    expectUnauthorized(await codeStep(ctx, beforeReset.json.mfa_token, await code()), "INVALID_TOKEN");
+    // An mfa_token of the current password still completes its login.
+    const current = await call(ctx.app, "POST", `${API}/auth/login`, {
+      body: { username: account.username, password: "resetted123" },
+    });
+    expect((await codeStep(ctx, current.json.mfa_token, await code())).status).toBe(200);
+  });
+
   test("one code raced by ten logins completes one of them", async () => {
     const { ctx, clock, account, secret, recoveryCodes } = await withTotp();
     const challenges = await Promise.all(Array.from({ length: 10 }, () => passwordStep(ctx, account)));
