@@ -1,4 +1,4 @@
-import { Elysia } from "elysia";
+import { Elysia, type PreContext } from "elysia";
 import type { Config } from "../config";
 import type { Metrics } from "../platform/metrics";
 import type { RateLimiter } from "../platform/rate-limiter";
@@ -68,11 +68,14 @@ export function rateLimits(
   // and would count every request twice.
   const perRequest = new Elysia({ name: "rate-limit" })
     // Not async: most requests that skip the limiter should not pay for a promise.
-    .onRequest(({ request, server, set }) => {
+    .onRequest(({ request, server, set, path: routed }: PreContext & { path?: string }) => {
       if (!enabled) return;
-      const path = pathOf(request.url);
-      if (!path.startsWith("/api/") || isProbePath(path)) return;
-      return enforce(set, "default", ipOf(request, server));
+      // Elysia's own router reads the path at a fixed offset of the URL, so a short Host shifts it away
+      // from the URL's (`Host: x` routes `/ZZ/api/v1/...` as `/api/v1/...`): either reading counts.
+      const counted = [pathOf(request.url), routed].some(
+        (path) => path?.startsWith("/api/") === true && !isProbePath(path),
+      );
+      if (counted) return enforce(set, "default", ipOf(request, server));
     });
 
   // What modules use: only the `rateLimit:` option, which adds hooks to the routes that declare it.

@@ -80,4 +80,22 @@ describe("rate limits", () => {
       expect(res.headers.get("x-ratelimit-limit")).toBeNull();
     }
   });
+
+  test("default: a short Host that shifts the path the router reads does not escape the limit", async () => {
+    const { app } = await makeApp({ ...LIMITED, RATE_LIMIT_DEFAULT: "2/minute" });
+    // Elysia's router reads the path from a fixed offset of the URL: with the Host `x`,
+    // `/ZZ/api/v1/auth/verify-email` is routed as `/api/v1/auth/verify-email`.
+    const shifted = (path: string, init: RequestInit = {}) => app.handle(new Request(`http://x/ZZ${path}`, init));
+    const verify = () =>
+      shifted(`${API}/auth/verify-email`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ token: "not-a-token" }),
+      });
+    const statuses = [];
+    for (let i = 0; i < 3; i++) statuses.push((await verify()).status);
+    expect(statuses).toEqual([400, 400, 429]);
+    // Health stays exempt however its path is read.
+    for (let i = 0; i < 3; i++) expect((await shifted(`${API}/health/live`)).status).toBe(200);
+  });
 });
