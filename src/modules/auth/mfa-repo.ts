@@ -1,11 +1,20 @@
 import { and, eq, isNotNull, isNull, lt, or } from "drizzle-orm";
 import type { Executor, Orm } from "../../db/client";
-import { mfaRecoveryCodes, usedMfaTokens, userMfa } from "../../db/schema";
+import { mfaRecoveryCodes, usedMfaTokens, userMfa, users } from "../../db/schema";
 
 export type MfaRow = typeof userMfa.$inferSelect;
 
 /** The step is new for this user: no code of it, or of a later step, was accepted before. */
 const stepIsNew = (step: number) => or(isNull(userMfa.lastUsedStep), lt(userMfa.lastUsedStep, step));
+
+/**
+ * Holds the user's row to the end of `tx`. Every change to a user's TOTP or recovery codes takes it
+ * first, as the user's deletion does: changes of one user take turns instead of locking the TOTP row
+ * and the codes in opposite orders (a user turning TOTP off while an admin reset it deadlocked).
+ */
+async function holdUser(tx: Executor, userId: string): Promise<void> {
+  await tx.select({ id: users.id }).from(users).where(eq(users.id, userId)).for("no key update");
+}
 
 export function createMfaRepo(orm: Orm) {
   return {
@@ -33,6 +42,7 @@ export function createMfaRepo(orm: Orm) {
      * false when there is no pending enrolment any more (a concurrent confirm won).
      */
     async enable(tx: Executor, userId: string, step: number, codeHashes: string[]): Promise<boolean> {
+      await holdUser(tx, userId);
       const enabled = await tx
         .update(userMfa)
         .set({ enabledAt: new Date(), lastUsedStep: step })
@@ -46,6 +56,7 @@ export function createMfaRepo(orm: Orm) {
 
     /** Accepts a code of `step` if no code of it or a later step was accepted before (each code works once). */
     async acceptStep(tx: Executor, userId: string, step: number): Promise<boolean> {
+      await holdUser(tx, userId);
       const rows = await tx
         .update(userMfa)
         .set({ lastUsedStep: step })
@@ -56,6 +67,7 @@ export function createMfaRepo(orm: Orm) {
 
     /** Spends an unused recovery code; false when there is none with this hash. */
     async spendRecoveryCode(tx: Executor, userId: string, codeHash: string): Promise<boolean> {
+      await holdUser(tx, userId);
       const rows = await tx
         .update(mfaRecoveryCodes)
         .set({ usedAt: new Date() })
@@ -72,6 +84,7 @@ export function createMfaRepo(orm: Orm) {
 
     /** Removes the user's TOTP (pending or enabled) and recovery codes; true when there was one. */
     async remove(tx: Executor, userId: string): Promise<boolean> {
+      await holdUser(tx, userId);
       await tx.delete(mfaRecoveryCodes).where(eq(mfaRecoveryCodes.userId, userId));
       const rows = await tx.delete(userMfa).where(eq(userMfa.userId, userId)).returning({ userId: userMfa.userId });
       return rows.length > 0;

@@ -13,6 +13,7 @@ import {
   PASSWORD,
   promote,
   signUp,
+  TEST_DATABASE_URL,
   type TestContext,
 } from "../../support";
 import { HAS_OATHTOOL, oathtool, testClock } from "../../totp";
@@ -25,6 +26,11 @@ async function withTotp(overrides: Record<string, string> = {}, mailer?: Mailer)
   const clock = testClock();
   const ctx = await makeApp(overrides, { now: clock.now, mailer });
   const account = await signUp(ctx.app);
+  return { ctx, clock, account, ...(await enableTotp(ctx, clock, account)) };
+}
+
+/** Enrols and confirms TOTP for `account`, then moves the clock to the next step. */
+async function enableTotp(ctx: TestContext, clock: ReturnType<typeof testClock>, account: Account) {
   const enrolment = await call(ctx.app, "POST", `${API}/auth/mfa/totp`, {
     token: account.access,
     body: { password: PASSWORD },
@@ -39,14 +45,7 @@ async function withTotp(overrides: Record<string, string> = {}, mailer?: Mailer)
   expect(confirmed.status).toBe(200);
   expect(confirmed.headers.get("cache-control")).toBe("no-store");
   clock.advance(STEP);
-  return {
-    ctx,
-    clock,
-    account,
-    secret,
-    enrolment: enrolment.json,
-    recoveryCodes: confirmed.json.recovery_codes as string[],
-  };
+  return { secret, enrolment: enrolment.json, recoveryCodes: confirmed.json.recovery_codes as string[] };
 }
 
 const passwordStep = async (ctx: TestContext, account: Account) => {
@@ -316,5 +315,31 @@ describe.skipIf(!HAS_OATHTOOL)("TOTP with oathtool as the authenticator", () => 
     });
     expect(signedIn.status).toBe(200);
     expect(signedIn.json.access_token).toBeString();
+  });
+});
+
+describe.skipIf(!HAS_OATHTOOL || !TEST_DATABASE_URL)("TOTP changes racing (Postgres: concurrent transactions)", () => {
+  test("turning TOTP off while an admin resets it and a recovery code signs in: each answers, none with a 500", async () => {
+    const clock = testClock();
+    const ctx = await makeApp({}, { now: clock.now });
+    const admin = await signUp(ctx.app);
+    await promote(ctx.deps.db, admin.id);
+    const statuses = new Set<number>();
+    for (let round = 0; round < 12; round++) {
+      const account = await signUp(ctx.app);
+      const { secret, recoveryCodes } = await enableTotp(ctx, clock, account);
+      const { mfa_token: mfaToken } = await passwordStep(ctx, account);
+      const raced = await Promise.all([
+        call(ctx.app, "DELETE", `${API}/auth/mfa/totp`, {
+          token: account.access,
+          body: { password: PASSWORD, code: await oathtool(secret, clock.now()) },
+        }),
+        call(ctx.app, "DELETE", `${API}/users/${account.id}/mfa`, { token: admin.access }),
+        codeStep(ctx, mfaToken, recoveryCodes[0] as string),
+      ]);
+      for (const res of raced) statuses.add(res.status);
+      expect(await ctx.deps.db.orm.select().from(userMfa).where(eq(userMfa.userId, account.id))).toEqual([]);
+    }
+    expect([...statuses].filter((status) => status >= 500)).toEqual([]);
   });
 });
