@@ -38,15 +38,16 @@ export function createMfaRepo(orm: Orm) {
     },
 
     /**
-     * Enables a pending enrolment whose code of `step` was just checked, replacing any recovery codes;
-     * false when there is no pending enrolment any more (a concurrent confirm won).
+     * Enables the pending enrolment of `secret` (sealed), whose code of `step` was just checked,
+     * replacing any recovery codes; false when that enrolment is no longer pending (a concurrent
+     * confirm won, or a new enrolment replaced the secret).
      */
-    async enable(tx: Executor, userId: string, step: number, codeHashes: string[]): Promise<boolean> {
+    async enable(tx: Executor, userId: string, secret: string, step: number, codeHashes: string[]): Promise<boolean> {
       await holdUser(tx, userId);
       const enabled = await tx
         .update(userMfa)
         .set({ enabledAt: new Date(), lastUsedStep: step })
-        .where(and(eq(userMfa.userId, userId), isNull(userMfa.enabledAt), stepIsNew(step)))
+        .where(and(eq(userMfa.userId, userId), eq(userMfa.secret, secret), isNull(userMfa.enabledAt), stepIsNew(step)))
         .returning({ userId: userMfa.userId });
       if (enabled.length === 0) return false;
       await tx.delete(mfaRecoveryCodes).where(eq(mfaRecoveryCodes.userId, userId));

@@ -342,4 +342,33 @@ describe.skipIf(!HAS_OATHTOOL || !TEST_DATABASE_URL)("TOTP changes racing (Postg
     }
     expect([...statuses].filter((status) => status >= 500)).toEqual([]);
   });
+
+  test("a confirm racing a restarted enrolment enables only the secret its code proved", async () => {
+    const clock = testClock();
+    const ctx = await makeApp({}, { now: clock.now });
+    const outcomes = new Set<string>();
+    for (let round = 0; round < 10; round++) {
+      const account = await signUp(ctx.app);
+      const enrol = () =>
+        call(ctx.app, "POST", `${API}/auth/mfa/totp`, { token: account.access, body: { password: PASSWORD } });
+      const { secret } = (await enrol()).json;
+      const code = await oathtool(secret, clock.now());
+      const [confirmed] = await Promise.all([
+        call(ctx.app, "POST", `${API}/auth/mfa/totp/confirm`, { token: account.access, body: { code } }),
+        enrol(),
+      ]);
+      clock.advance(STEP);
+      outcomes.add(String(confirmed.status));
+      const first = await passwordStep(ctx, account);
+      if (confirmed.status === 200) {
+        // TOTP is on, with the authenticator the confirm's code came from.
+        expect((await codeStep(ctx, first.mfa_token, await oathtool(secret, clock.now()))).status).toBe(200);
+      } else {
+        // The new enrolment came first (the code is of the old secret: 422) or meanwhile (409); none is on.
+        expect(confirmed.json.error.code).toBe(confirmed.status === 409 ? "CONFLICT" : "VALIDATION_ERROR");
+        expect(first.access_token).toBeString();
+      }
+    }
+    expect([...outcomes].every((status) => ["200", "409", "422"].includes(status))).toBe(true);
+  });
 });
