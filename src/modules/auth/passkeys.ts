@@ -259,9 +259,13 @@ export function createPasskeyService(deps: {
       if (!row?.isActive) throw await signInFailed("inactive", meta, passkey.userId);
       const counter = verification.authenticationInfo.newCounter;
       const subject = toPublicUser(row);
-      const session = await audit.transaction(async (tx) =>
-        (await repo.advanceCounter(tx, passkey.id, counter)) ? sessions.start(tx, subject, "passkey", meta) : undefined,
-      );
+      const session = await audit.transaction(async (tx) => {
+        if (!(await repo.holdOwner(tx, passkey.userId))) return "gone";
+        return (await repo.advanceCounter(tx, passkey.id, counter))
+          ? sessions.start(tx, subject, "passkey", meta)
+          : undefined;
+      });
+      if (session === "gone") throw await signInFailed("inactive", meta, passkey.userId);
       if (!session) {
         await audit.recordAlone({
           action: "passkey.clone_detected",
