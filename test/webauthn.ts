@@ -39,13 +39,18 @@ export interface Overrides {
 }
 
 export class SoftAuthenticator {
-  readonly credentialId = b64url(crypto.getRandomValues(new Uint8Array(32)));
+  readonly credentialId: string;
   private readonly privateKey: KeyObject;
   private readonly publicKey: KeyObject;
   private userHandle = "";
   counter = 0;
 
-  constructor(readonly origin: string) {
+  /** `idBytes`: the length of its credential id (the spec allows at most 1023). */
+  constructor(
+    readonly origin: string,
+    idBytes = 32,
+  ) {
+    this.credentialId = b64url(crypto.getRandomValues(new Uint8Array(idBytes)));
     ({ privateKey: this.privateKey, publicKey: this.publicKey } = generateKeyPairSync("ec", { namedCurve: "P-256" }));
   }
 

@@ -1,11 +1,20 @@
 import { and, eq, isNotNull, isNull, lt, or } from "drizzle-orm";
 import type { Executor, Orm } from "../../db/client";
-import { mfaRecoveryCodes, usedMfaTokens, userMfa } from "../../db/schema";
+import { mfaRecoveryCodes, usedMfaTokens, userMfa, users } from "../../db/schema";
 
 export type MfaRow = typeof userMfa.$inferSelect;
 
 /** The step is new for this user: no code of it, or of a later step, was accepted before. */
 const stepIsNew = (step: number) => or(isNull(userMfa.lastUsedStep), lt(userMfa.lastUsedStep, step));
+
+/**
+ * Holds the user's row to the end of `tx`. Every change to a user's TOTP or recovery codes takes it
+ * first, as the user's deletion does: changes of one user take turns instead of locking the TOTP row
+ * and the codes in opposite orders (a user turning TOTP off while an admin reset it deadlocked).
+ */
+async function holdUser(tx: Executor, userId: string): Promise<void> {
+  await tx.select({ id: users.id }).from(users).where(eq(users.id, userId)).for("no key update");
+}
 
 export function createMfaRepo(orm: Orm) {
   return {
@@ -29,14 +38,16 @@ export function createMfaRepo(orm: Orm) {
     },
 
     /**
-     * Enables a pending enrolment whose code of `step` was just checked, replacing any recovery codes;
-     * false when there is no pending enrolment any more (a concurrent confirm won).
+     * Enables the pending enrolment of `secret` (sealed), whose code of `step` was just checked,
+     * replacing any recovery codes; false when that enrolment is no longer pending (a concurrent
+     * confirm won, or a new enrolment replaced the secret).
      */
-    async enable(tx: Executor, userId: string, step: number, codeHashes: string[]): Promise<boolean> {
+    async enable(tx: Executor, userId: string, secret: string, step: number, codeHashes: string[]): Promise<boolean> {
+      await holdUser(tx, userId);
       const enabled = await tx
         .update(userMfa)
         .set({ enabledAt: new Date(), lastUsedStep: step })
-        .where(and(eq(userMfa.userId, userId), isNull(userMfa.enabledAt), stepIsNew(step)))
+        .where(and(eq(userMfa.userId, userId), eq(userMfa.secret, secret), isNull(userMfa.enabledAt), stepIsNew(step)))
         .returning({ userId: userMfa.userId });
       if (enabled.length === 0) return false;
       await tx.delete(mfaRecoveryCodes).where(eq(mfaRecoveryCodes.userId, userId));
@@ -46,6 +57,7 @@ export function createMfaRepo(orm: Orm) {
 
     /** Accepts a code of `step` if no code of it or a later step was accepted before (each code works once). */
     async acceptStep(tx: Executor, userId: string, step: number): Promise<boolean> {
+      await holdUser(tx, userId);
       const rows = await tx
         .update(userMfa)
         .set({ lastUsedStep: step })
@@ -56,6 +68,7 @@ export function createMfaRepo(orm: Orm) {
 
     /** Spends an unused recovery code; false when there is none with this hash. */
     async spendRecoveryCode(tx: Executor, userId: string, codeHash: string): Promise<boolean> {
+      await holdUser(tx, userId);
       const rows = await tx
         .update(mfaRecoveryCodes)
         .set({ usedAt: new Date() })
@@ -72,6 +85,7 @@ export function createMfaRepo(orm: Orm) {
 
     /** Removes the user's TOTP (pending or enabled) and recovery codes; true when there was one. */
     async remove(tx: Executor, userId: string): Promise<boolean> {
+      await holdUser(tx, userId);
       await tx.delete(mfaRecoveryCodes).where(eq(mfaRecoveryCodes.userId, userId));
       const rows = await tx.delete(userMfa).where(eq(userMfa.userId, userId)).returning({ userId: userMfa.userId });
       return rows.length > 0;

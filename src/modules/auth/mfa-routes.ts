@@ -48,7 +48,7 @@ export function mfaRoutes(deps: { mfa: MfaService; guard: AuthGuard<Principal>; 
         detail: secured(
           "auth_totp_confirm",
           "Confirm the TOTP enrolment with a code",
-          "Enables TOTP and answers ten one-time recovery codes, this once. 409 without an enrolment in progress; 422 for a wrong code.",
+          "Enables TOTP and answers ten one-time recovery codes, this once. 409 without an enrolment in progress (or when it was restarted meanwhile); 422 for a wrong code.",
         ),
       },
     )

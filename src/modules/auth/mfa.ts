@@ -169,6 +169,7 @@ export function createMfaService(deps: {
           !(await repo.enable(
             tx,
             user.id,
+            row.secret,
             step,
             codes.map((c) => hashRecoveryCode(normalise(c))),
           ))
@@ -182,7 +183,8 @@ export function createMfaService(deps: {
         });
         return true;
       });
-      if (!enabled) throw errors.conflict("No TOTP enrolment in progress; start one first");
+      if (!enabled)
+        throw errors.conflict("The enrolment was confirmed or restarted meanwhile; confirm the current one");
       return { recovery_codes: codes };
     },
 

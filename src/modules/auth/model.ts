@@ -92,7 +92,7 @@ export interface Claims {
   jti: string;
   /** The login session the token belongs to (access and refresh tokens). */
   sid?: string;
-  /** Reset tokens: a fingerprint of the password hash they were issued against. */
+  /** Reset and mfa tokens: a fingerprint of the password hash they were issued against. */
   pwh?: string;
   iat: number;
   exp: number;

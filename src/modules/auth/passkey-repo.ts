@@ -1,6 +1,6 @@
 import { and, asc, eq, gt, isNull, lt, or } from "drizzle-orm";
 import type { Executor, Orm } from "../../db/client";
-import { type PasskeyRow, passkeys, webauthnChallenges } from "../../db/schema";
+import { type PasskeyRow, passkeys, users, webauthnChallenges } from "../../db/schema";
 
 export type NewPasskey = Pick<
   typeof passkeys.$inferInsert,
@@ -31,6 +31,16 @@ export function createPasskeyRepo(orm: Orm) {
         .where(and(eq(passkeys.id, id), eq(passkeys.userId, userId)))
         .returning();
       return row;
+    },
+
+    /**
+     * Holds the owner's row (shared) to the end of `tx`, before the passkey's: the owner's deletion
+     * takes them in that order, so a sign-in taking the passkey first deadlocked with it. False when
+     * the owner is gone.
+     */
+    async holdOwner(tx: Executor, userId: string): Promise<boolean> {
+      const rows = await tx.select({ id: users.id }).from(users).where(eq(users.id, userId)).for("key share");
+      return rows.length > 0;
     },
 
     /**

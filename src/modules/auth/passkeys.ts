@@ -176,6 +176,11 @@ export function createPasskeyService(deps: {
       }
       if (!verification.verified) throw errors.badRequest("Passkey registration rejected");
       const { credential } = verification.registrationInfo;
+      // The library does not compare them: the id kept (and looked up at sign-in) must be the one the
+      // response names, which the schema also bounds to what the column holds.
+      if (credential.id !== response.id) {
+        throw errors.badRequest("Passkey registration rejected: the attested credential id is not the response's id");
+      }
       const row = await audit.transaction(async (tx) => {
         const inserted = await repo.insert(tx, {
           userId: user.id,
@@ -254,9 +259,13 @@ export function createPasskeyService(deps: {
       if (!row?.isActive) throw await signInFailed("inactive", meta, passkey.userId);
       const counter = verification.authenticationInfo.newCounter;
       const subject = toPublicUser(row);
-      const session = await audit.transaction(async (tx) =>
-        (await repo.advanceCounter(tx, passkey.id, counter)) ? sessions.start(tx, subject, "passkey", meta) : undefined,
-      );
+      const session = await audit.transaction(async (tx) => {
+        if (!(await repo.holdOwner(tx, passkey.userId))) return "gone";
+        return (await repo.advanceCounter(tx, passkey.id, counter))
+          ? sessions.start(tx, subject, "passkey", meta)
+          : undefined;
+      });
+      if (session === "gone") throw await signInFailed("inactive", meta, passkey.userId);
       if (!session) {
         await audit.recordAlone({
           action: "passkey.clone_detected",

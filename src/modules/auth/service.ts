@@ -37,7 +37,7 @@ export function bearerToken(authorization: string | undefined): string | undefin
   return match?.[1];
 }
 
-/** Ties a reset link to the password it replaces: a later change gives another fingerprint. */
+/** Ties a reset link or an mfa_token to the current password: a later change gives another fingerprint. */
 async function passwordFingerprint(passwordHash: string): Promise<string> {
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(passwordHash)));
   return Buffer.from(digest.subarray(0, 12)).toString("base64url");
@@ -91,28 +91,35 @@ export function createAuthService(deps: AuthDeps) {
         });
         throw errors.invalidCredentials();
       }
-      if (passwords.needsRehash(row.passwordHash)) {
+      let passwordHash = row.passwordHash;
+      if (passwords.needsRehash(passwordHash)) {
         // A hash of another cost would verify in another time than the rest: bring it to BCRYPT_ROUNDS.
-        await users.setPasswordHash(row.id, row.passwordHash, await passwords.hash(password));
+        const rehashed = await passwords.hash(password);
+        await users.setPasswordHash(row.id, passwordHash, rehashed);
+        passwordHash = rehashed;
       }
       const subject = toPublicUser(row);
       if (await mfa.isEnabled(row.id)) {
-        return { mfa_required: true, mfa_token: await tokens.mfaToken(subject), methods: ["totp"] };
+        const mfaToken = await tokens.mfaToken(subject, await passwordFingerprint(passwordHash));
+        return { mfa_required: true, mfa_token: mfaToken, methods: ["totp"] };
       }
       const session = await audit.transaction((tx) => sessions.start(tx, subject, "password", meta));
       return sessions.pairOf(subject, session);
     },
 
     /**
-     * The second login step: an `mfa_token` (5 minutes, once) and a TOTP or recovery code. Guesses are
-     * counted per account and audited; the token is spent, the code accepted and the session started in
-     * one transaction, so a wrong code leaves the token usable for another try.
+     * The second login step: an `mfa_token` (5 minutes, once, void once the password changes) and a TOTP
+     * or recovery code. Guesses are counted per account and audited; the token is spent, the code
+     * accepted and the session started in one transaction, so a wrong code leaves the token usable for
+     * another try.
      */
     async loginWithCode(mfaToken: string, code: string, meta: RequestMeta): Promise<TokenPair> {
       const claims = await tokens.verify(mfaToken, "mfa");
       const proof = await mfa.prepare(claims.sub, code);
       const row = await users.findById(claims.sub);
-      if (!row?.isActive || proof === "not-enabled") throw invalidToken("Log in again");
+      if (!row?.isActive || proof === "not-enabled" || (await passwordFingerprint(row.passwordHash)) !== claims.pwh) {
+        throw invalidToken("Log in again");
+      }
       const subject = toPublicUser(row);
       try {
         const session = await audit.transaction(async (tx) => {

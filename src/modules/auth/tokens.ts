@@ -87,8 +87,12 @@ export function createTokenService(
     resetToken: (subject: Subject, jti: string, fingerprint: string) =>
       sign(subject, "reset", jti, { pwh: fingerprint }),
 
-    /** Proof that the password step of a login passed; only `/auth/login/mfa` takes it, once. */
-    mfaToken: (subject: Subject) => sign(subject, "mfa", crypto.randomUUID(), {}),
+    /**
+     * Proof that the password step of a login passed; only `/auth/login/mfa` takes it, once, and only
+     * while the password is the one it was issued against (`fingerprint`).
+     */
+    mfaToken: (subject: Subject, fingerprint: string) =>
+      sign(subject, "mfa", crypto.randomUUID(), { pwh: fingerprint }),
 
     /** Verifies signature, algorithm (only the configured one: never `none`), expiry, `type` and the ids' shape. */
     async verify(token: string, type: TokenType): Promise<Claims> {
@@ -107,7 +111,7 @@ export function createTokenService(
         uuid(payload.sub) &&
         uuid(payload.jti) &&
         typeof payload.exp === "number" &&
-        (type === "reset" ? typeof payload.pwh === "string" : type === "mfa" || uuid(payload.sid));
+        (type === "reset" || type === "mfa" ? typeof payload.pwh === "string" : uuid(payload.sid));
       if (!wellFormed) throw errors.unauthenticated("INVALID_TOKEN", `Not a valid ${type} token`);
       const claims = payload as unknown as Claims;
       if (verified.size >= VERIFIED_CACHE_SIZE) verified.delete(verified.keys().next().value as string);

@@ -13,6 +13,15 @@ export function createVerificationRepo(orm: Orm) {
      * change deletes the user's tokens anyway). Undefined when the token is unknown, spent or expired.
      */
     async spend(tx: Executor, tokenHash: string): Promise<UserRow | undefined> {
+      const [pending] = await tx
+        .select({ userId: emailVerifications.userId })
+        .from(emailVerifications)
+        .where(eq(emailVerifications.tokenHash, tokenHash))
+        .limit(1);
+      if (!pending) return undefined;
+      // The user's row before the token's, in the order an email change takes them (the row, then its
+      // trigger deletes the tokens): the other order deadlocks with a concurrent change.
+      await tx.select({ id: users.id }).from(users).where(eq(users.id, pending.userId)).for("update");
       const [spent] = await tx
         .update(emailVerifications)
         .set({ usedAt: new Date() })

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { eq } from "drizzle-orm";
+import { eq, sql } from "drizzle-orm";
 import { auditEvents, emailVerifications, users } from "../../../src/db/schema";
 import { type Inbox, startInbox } from "../../mail";
 import {
@@ -11,6 +11,7 @@ import {
   PASSWORD,
   promote,
   signUp,
+  TEST_DATABASE_URL,
   type TestContext,
 } from "../../support";
 import { SAMPLES, upload } from "../files/fixtures";
@@ -153,3 +154,33 @@ describe("email verification", () => {
     await inbox.tokenFor(newEmail, VERIFY_LINK);
   });
 });
+
+describe.skipIf(!TEST_DATABASE_URL)(
+  "email verification racing an email change (Postgres: concurrent transactions)",
+  () => {
+    test("the link is spent before the change or void after it, never a deadlock (a 500)", async () => {
+      const ctx = await mailApp();
+      const oldEmail = uniqueEmail("racing");
+      const account = await signUp(ctx.app, { email: oldEmail });
+      const token = await inbox.tokenFor(oldEmail, VERIFY_LINK);
+      const newEmail = uniqueEmail("raced");
+      let verified: ReturnType<typeof verify> | undefined;
+      // An email change as the users service makes it: the user's row locked first, then changed (its
+      // trigger deletes the pending links). The link is verified while the row is held.
+      await ctx.deps.db.orm.transaction(async (tx) => {
+        await tx.select({ id: users.id }).from(users).where(eq(users.id, account.id)).for("update");
+        verified = verify(ctx, token);
+        const waiting = async () => {
+          const [row] = (await tx.execute(
+            sql`select count(*)::int as n from pg_locks where not granted`,
+          )) as unknown as { n: number }[];
+          return (row?.n ?? 0) > 0;
+        };
+        expect(await eventually(waiting)).toBe(true);
+        await tx.update(users).set({ email: newEmail }).where(eq(users.id, account.id));
+      });
+      expectError(await (verified as ReturnType<typeof verify>), 400, "BAD_REQUEST");
+      expect(await me(ctx, account.access)).toMatchObject({ email: newEmail, email_verified: false });
+    });
+  },
+);

@@ -1,8 +1,20 @@
 import { describe, expect, test } from "bun:test";
-import { eq } from "drizzle-orm";
+import { eq, sql } from "drizzle-orm";
 import { auditEvents, authSessions, passkeys, webauthnChallenges } from "../../../src/db/schema";
 import type { MailMessage } from "../../../src/platform/mail";
-import { type Account, API, call, expectError, login, makeApp, signUp, type TestContext } from "../../support";
+import {
+  type Account,
+  API,
+  call,
+  eventually,
+  expectError,
+  login,
+  makeApp,
+  promote,
+  signUp,
+  TEST_DATABASE_URL,
+  type TestContext,
+} from "../../support";
 import { type Overrides, SoftAuthenticator } from "../../webauthn";
 
 const ORIGIN = "http://localhost:5173";
@@ -261,6 +273,19 @@ describe("passkeys", () => {
     expectError(await signIn(ctx, authenticator), 401, "INVALID_CREDENTIALS");
   });
 
+  test("the credential kept is the one the response names: another, or one too long to keep, is a 400", async () => {
+    const ctx = await makeApp();
+    const account = await signUp(ctx.app);
+    // The attestation carries a credential id of 1100 bytes; the response names a short one.
+    const oversized = new SoftAuthenticator(ORIGIN, 1100).register(await registrationOptions(ctx, account));
+    const hidden = await verifyRegistration(ctx, account, { ...oversized, id: "AAAA", rawId: "AAAA" });
+    expectError(hidden, 400, "BAD_REQUEST");
+    const named = new SoftAuthenticator(ORIGIN).credentialId;
+    const other = new SoftAuthenticator(ORIGIN).register(await registrationOptions(ctx, account));
+    expectError(await verifyRegistration(ctx, account, { ...other, id: named, rawId: named }), 400, "BAD_REQUEST");
+    expect(await ctx.deps.db.orm.select().from(passkeys)).toEqual([]);
+  });
+
   test("the same authenticator cannot be registered twice", async () => {
     const ctx = await makeApp();
     const account = await signUp(ctx.app);
@@ -279,5 +304,35 @@ describe("passkeys", () => {
     });
     expectError(res, 404, "NOT_FOUND");
     expectError(await call(ctx.app, "POST", `${API}/auth/passkeys/login/options`, { body: {} }), 404, "NOT_FOUND");
+  });
+});
+
+describe.skipIf(!TEST_DATABASE_URL)("passkeys racing (Postgres: concurrent transactions)", () => {
+  test("a sign-in racing the account's deletion: one goes first, neither answers 500", async () => {
+    const ctx = await makeApp();
+    const admin = await signUp(ctx.app);
+    await promote(ctx.deps.db, admin.id);
+    const account = await signUp(ctx.app);
+    const { authenticator, passkey } = await registerPasskey(ctx, account);
+    const assertion = authenticator.authenticate(await loginOptions(ctx));
+    let signIn: ReturnType<typeof call> | undefined;
+    let deletion: ReturnType<typeof call> | undefined;
+    // The passkey's row is held until the sign-in and then the deletion wait for a lock, so they meet
+    // halfway instead of one finishing before the other starts.
+    await ctx.deps.db.orm.transaction(async (tx) => {
+      await tx.select({ id: passkeys.id }).from(passkeys).where(eq(passkeys.id, passkey.id)).for("update");
+      const waiting = (count: number) => async () => {
+        const [row] = (await tx.execute(sql`select count(*)::int as n from pg_locks where not granted`)) as unknown as {
+          n: number;
+        }[];
+        return (row?.n ?? 0) >= count;
+      };
+      signIn = verifyLogin(ctx, assertion);
+      expect(await eventually(waiting(1))).toBe(true);
+      deletion = call(ctx.app, "DELETE", `${API}/users/${account.id}`, { token: admin.access });
+      expect(await eventually(waiting(2))).toBe(true);
+    });
+    const [signedIn, deleted] = await Promise.all([signIn, deletion]);
+    expect({ signIn: signedIn?.status, deletion: deleted?.status }).toEqual({ signIn: 200, deletion: 204 });
   });
 });

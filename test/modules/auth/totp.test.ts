@@ -13,6 +13,7 @@ import {
   PASSWORD,
   promote,
   signUp,
+  TEST_DATABASE_URL,
   type TestContext,
 } from "../../support";
 import { HAS_OATHTOOL, oathtool, testClock } from "../../totp";
@@ -25,6 +26,11 @@ async function withTotp(overrides: Record<string, string> = {}, mailer?: Mailer)
   const clock = testClock();
   const ctx = await makeApp(overrides, { now: clock.now, mailer });
   const account = await signUp(ctx.app);
+  return { ctx, clock, account, ...(await enableTotp(ctx, clock, account)) };
+}
+
+/** Enrols and confirms TOTP for `account`, then moves the clock to the next step. */
+async function enableTotp(ctx: TestContext, clock: ReturnType<typeof testClock>, account: Account) {
   const enrolment = await call(ctx.app, "POST", `${API}/auth/mfa/totp`, {
     token: account.access,
     body: { password: PASSWORD },
@@ -39,14 +45,7 @@ async function withTotp(overrides: Record<string, string> = {}, mailer?: Mailer)
   expect(confirmed.status).toBe(200);
   expect(confirmed.headers.get("cache-control")).toBe("no-store");
   clock.advance(STEP);
-  return {
-    ctx,
-    clock,
-    account,
-    secret,
-    enrolment: enrolment.json,
-    recoveryCodes: confirmed.json.recovery_codes as string[],
-  };
+  return { secret, enrolment: enrolment.json, recoveryCodes: confirmed.json.recovery_codes as string[] };
 }
 
 const passwordStep = async (ctx: TestContext, account: Account) => {
@@ -145,6 +144,35 @@ describe.skipIf(!HAS_OATHTOOL)("TOTP with oathtool as the authenticator", () => 
     expectUnauthorized(await call(ctx.app, "GET", `${API}/users/me`, { token: fresh.mfa_token }), "INVALID_TOKEN");
     const refresh = await call(ctx.app, "POST", `${API}/auth/refresh`, { body: { refresh_token: fresh.mfa_token } });
     expectUnauthorized(refresh, "INVALID_TOKEN");
+  });
+
+  test("a password change or reset voids the mfa_tokens issued before it", async () => {
+    const mails: MailMessage[] = [];
+    const { ctx, clock, account, secret } = await withTotp({}, { send: async (mail) => void mails.push(mail) });
+    const code = () => oathtool(secret, clock.now());
+    const stale = (await passwordStep(ctx, account)).mfa_token;
+    const changed = await call(ctx.app, "POST", `${API}/users/me/password`, {
+      token: account.access,
+      body: { current_password: PASSWORD, new_password: "changed123" },
+    });
+    expect(changed.status).toBe(204);
+    expectUnauthorized(await codeStep(ctx, stale, await code()), "INVALID_TOKEN");
+
+    const beforeReset = await call(ctx.app, "POST", `${API}/auth/login`, {
+      body: { username: account.username, password: "changed123" },
+    });
+    await call(ctx.app, "POST", `${API}/auth/request-password-reset`, { body: { email: account.email } });
+    const token = decodeURIComponent(mails.at(-1)?.text.match(/[?&]token=([A-Za-z0-9._%-]+)/)?.[1] ?? "");
+    const reset = await call(ctx.app, "POST", `${API}/auth/reset-password`, {
+      body: { token, new_password: "resetted123" },
+    });
+    expect(reset.status).toBe(200);
+    expectUnauthorized(await codeStep(ctx, beforeReset.json.mfa_token, await code()), "INVALID_TOKEN");
+    // An mfa_token of the current password still completes its login.
+    const current = await call(ctx.app, "POST", `${API}/auth/login`, {
+      body: { username: account.username, password: "resetted123" },
+    });
+    expect((await codeStep(ctx, current.json.mfa_token, await code())).status).toBe(200);
   });
 
   test("one code raced by ten logins completes one of them", async () => {
@@ -287,5 +315,60 @@ describe.skipIf(!HAS_OATHTOOL)("TOTP with oathtool as the authenticator", () => 
     });
     expect(signedIn.status).toBe(200);
     expect(signedIn.json.access_token).toBeString();
+  });
+});
+
+describe.skipIf(!HAS_OATHTOOL || !TEST_DATABASE_URL)("TOTP changes racing (Postgres: concurrent transactions)", () => {
+  test("turning TOTP off while an admin resets it and a recovery code signs in: each answers, none with a 500", async () => {
+    const clock = testClock();
+    const ctx = await makeApp({}, { now: clock.now });
+    const admin = await signUp(ctx.app);
+    await promote(ctx.deps.db, admin.id);
+    const statuses = new Set<number>();
+    for (let round = 0; round < 12; round++) {
+      const account = await signUp(ctx.app);
+      const { secret, recoveryCodes } = await enableTotp(ctx, clock, account);
+      const { mfa_token: mfaToken } = await passwordStep(ctx, account);
+      const raced = await Promise.all([
+        call(ctx.app, "DELETE", `${API}/auth/mfa/totp`, {
+          token: account.access,
+          body: { password: PASSWORD, code: await oathtool(secret, clock.now()) },
+        }),
+        call(ctx.app, "DELETE", `${API}/users/${account.id}/mfa`, { token: admin.access }),
+        codeStep(ctx, mfaToken, recoveryCodes[0] as string),
+      ]);
+      for (const res of raced) statuses.add(res.status);
+      expect(await ctx.deps.db.orm.select().from(userMfa).where(eq(userMfa.userId, account.id))).toEqual([]);
+    }
+    expect([...statuses].filter((status) => status >= 500)).toEqual([]);
+  });
+
+  test("a confirm racing a restarted enrolment enables only the secret its code proved", async () => {
+    const clock = testClock();
+    const ctx = await makeApp({}, { now: clock.now });
+    const outcomes = new Set<string>();
+    for (let round = 0; round < 10; round++) {
+      const account = await signUp(ctx.app);
+      const enrol = () =>
+        call(ctx.app, "POST", `${API}/auth/mfa/totp`, { token: account.access, body: { password: PASSWORD } });
+      const { secret } = (await enrol()).json;
+      const code = await oathtool(secret, clock.now());
+      const [confirmed] = await Promise.all([
+        call(ctx.app, "POST", `${API}/auth/mfa/totp/confirm`, { token: account.access, body: { code } }),
+        enrol(),
+      ]);
+      clock.advance(STEP);
+      outcomes.add(String(confirmed.status));
+      const first = await passwordStep(ctx, account);
+      if (confirmed.status === 200) {
+        // TOTP is on, with the authenticator the confirm's code came from.
+        expect((await codeStep(ctx, first.mfa_token, await oathtool(secret, clock.now()))).status).toBe(200);
+      } else {
+        // The new enrolment came first (the code is of the old secret: 422) or meanwhile (409); none is on.
+        expect(confirmed.json.error.code).toBe(confirmed.status === 409 ? "CONFLICT" : "VALIDATION_ERROR");
+        expect(first.access_token).toBeString();
+      }
+    }
+    expect([...outcomes].every((status) => ["200", "409", "422"].includes(status))).toBe(true);
   });
 });
