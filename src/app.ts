@@ -32,6 +32,9 @@ import { createSessions } from "./modules/auth/sessions";
 import { createTokenService } from "./modules/auth/tokens";
 import { createVerificationRepo } from "./modules/auth/verification-repo";
 import { createFilesRepo } from "./modules/files/repo";
+import { createResumable } from "./modules/files/resumable";
+import { createResumableRepo } from "./modules/files/resumable-repo";
+import { RESUMABLE_PATHS, resumableRoutes, tusProtocol } from "./modules/files/resumable-routes";
 import { filesRoutes, UPLOAD_PATHS } from "./modules/files/routes";
 import { createFilesService } from "./modules/files/service";
 import { healthRoutes } from "./modules/health/routes";
@@ -49,6 +52,7 @@ import { createMetrics, type Metrics, noMetrics } from "./platform/metrics";
 import { createPasswordHasher } from "./platform/passwords";
 import { memoryPubSub, type PubSub } from "./platform/pubsub";
 import { createRateLimiter } from "./platform/rate-limiter";
+import { openResumable, type ResumableStorage } from "./platform/resumable-storage";
 import { s3Storage } from "./platform/s3-storage";
 import { keyedHash, secretBox } from "./platform/secret-box";
 import { diskStorage, type ObjectStorage } from "./platform/storage";
@@ -64,6 +68,8 @@ export interface AppDeps {
   mailer?: Mailer;
   /** Defaults to STORAGE_URL's bucket, or files under UPLOAD_DIR. */
   storage?: ObjectStorage;
+  /** Where resumable uploads' bytes wait; defaults to the twin of STORAGE_URL's storage. */
+  resumableStorage?: ResumableStorage;
   /** Defaults to Prometheus metrics, or none with METRICS_ENABLED=false. */
   metrics?: Metrics;
   /** Events between instances; defaults to this process only. */
@@ -81,7 +87,7 @@ export const API_PREFIX = "/api/v1";
 /** Routes that also take an HTML form (the OAuth2 password flow of the docs' Authorize button). */
 const FORM_ROUTES = [`${API_PREFIX}/auth/login`];
 /** Routes that stream their bodies themselves. */
-const STREAM_ROUTES = UPLOAD_PATHS.map((path) => `${API_PREFIX}${path}`);
+const STREAM_ROUTES = [...UPLOAD_PATHS, ...RESUMABLE_PATHS].map((path) => `${API_PREFIX}${path}`);
 
 const DOCUMENTATION = {
   info: {
@@ -152,9 +158,11 @@ export function createServices(deps: AppDeps) {
         })
       : undefined);
   const antivirus = scanner && { scanner, required: !config.CLAMAV_FAIL_OPEN };
+  const filesRepo = createFilesRepo(db.orm);
+  const storage = deps.storage ?? openStorage(config.storage);
   const files = createFilesService({
-    repo: createFilesRepo(db.orm),
-    storage: deps.storage ?? openStorage(config.storage),
+    repo: filesRepo,
+    storage,
     config: {
       maxBytes: config.MAX_UPLOAD_SIZE,
       allowedTypes: config.allowedFileTypes,
@@ -167,6 +175,20 @@ export function createServices(deps: AppDeps) {
     metrics,
     notify: realtime.notify,
     antivirus: antivirus && { scanner: antivirus.scanner, failOpen: !antivirus.required },
+  });
+  const resumable = createResumable({
+    repo: createResumableRepo(db.orm),
+    files: filesRepo,
+    ingest: files,
+    bytes: deps.resumableStorage ?? openResumable(config.storage),
+    storage,
+    config: {
+      maxBytes: config.MAX_UPLOAD_SIZE,
+      allowedTypes: config.allowedFileTypes,
+      quota: config.USER_STORAGE_QUOTA,
+      expireHours: config.RESUMABLE_EXPIRE_HOURS,
+    },
+    logger,
   });
   const mailer =
     deps.mailer ??
@@ -240,7 +262,7 @@ export function createServices(deps: AppDeps) {
     mailer,
     logger,
   });
-  return { users, auth, files, limits, realtime, metrics, antivirus, audit, mfa, passkeys, verification };
+  return { users, auth, files, resumable, limits, realtime, metrics, antivirus, audit, mfa, passkeys, verification };
 }
 
 export type Services = ReturnType<typeof createServices>;
@@ -272,7 +294,7 @@ export function createApp(deps: AppDeps, services: Services = createServices(dep
     startedAt: deps.startedAt ?? Date.now(),
     antivirus: services.antivirus,
   });
-  const { users, auth, files, limits, realtime, metrics, audit, mfa, passkeys, verification } = services;
+  const { users, auth, files, resumable, limits, realtime, metrics, audit, mfa, passkeys, verification } = services;
   const guard = authGuard(auth.authenticate, { requireVerifiedEmail: config.REQUIRE_VERIFIED_EMAIL });
   const meta = requestMetaReader(config.TRUST_PROXY);
   const observers = [accessLog(logger), metrics.observer].filter(
@@ -292,6 +314,8 @@ export function createApp(deps: AppDeps, services: Services = createServices(dep
     // After CORS: a preflight answered there never reaches onAfterResponse, so it must not be counted.
     .use(deps.inFlight ? inFlightTracking(deps.inFlight) : new Elysia())
     .use(observability(observers))
+    // Before the limiter: every answer under the tus path, a 429 too, says Tus-Resumable.
+    .use(tusProtocol(API_PREFIX))
     .use(bodyParser({ formRoutes: FORM_ROUTES, streamRoutes: STREAM_ROUTES }))
     .use(limits.perRequest)
     .use(docsRoutes)
@@ -303,6 +327,7 @@ export function createApp(deps: AppDeps, services: Services = createServices(dep
         .use(mfaRoutes({ mfa, guard, meta }))
         .use(passkeyRoutes({ passkeys, guard, limits: limits.perRoute, meta }))
         .use(usersRoutes({ users, guard, meta }))
+        .use(resumableRoutes({ resumable, guard, limits: limits.perRoute, apiPrefix: API_PREFIX }))
         .use(filesRoutes({ files, guard, limits: limits.perRoute }))
         .use(realtimeRoutes({ realtime, authenticate: auth.authenticate, guard, logger }))
         .use(auditRoutes({ audit, guard })),

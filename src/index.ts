@@ -214,6 +214,8 @@ async function serveCommand(config: Config, logger: Logger) {
     .catch((error: Error) => logger.warn("recovery of temporary uploads failed", { error: error.message }));
   // Every instance runs it; a lock in the database lets one prune at a time.
   const stopRetention = services.audit.startRetention();
+  // Expired resumable uploads and their bytes; the same database lock lets one instance sweep at a time.
+  const stopSweep = services.resumable.startSweep();
   const app = createApp(deps, services).listen(listenOptions(config));
   // With the embedded database this process holds DATA_DIR: backups are made here, on request or on schedule.
   const archive = async () => (await openArchive({ db, storage, dataDir: config.DATA_DIR, build: BUILD })).stream;
@@ -261,6 +263,7 @@ async function serveCommand(config: Config, logger: Logger) {
     stopSchedule?.();
     control?.stop();
     stopRetention();
+    stopSweep();
     // Then close what is left: idle keep-alive sockets, and those whose unread body Bun holds after an
     // early answer (an oversize upload from a keep-alive client), which a graceful stop waits on forever.
     await server.stop(true);
