@@ -22,13 +22,19 @@ export interface Listening {
 export async function listening(ctx: TestContext): Promise<Listening> {
   ctx.app.listen({ ...listenOptions(ctx.deps.config), port: 0, hostname: "127.0.0.1" });
   const port = ctx.app.server?.port as number;
-  return { ctx, base: `http://127.0.0.1:${port}`, stop: () => ctx.app.stop(true) };
+  return {
+    ctx,
+    base: `http://127.0.0.1:${port}`,
+    stop: async () => {
+      await ctx.app.stop(true);
+    },
+  };
 }
 
 /** A second app on the same database and the same storage (folder or bucket prefix): another instance. */
 export function sibling(ctx: TestContext, overrides: Record<string, string> = {}) {
   const { config } = ctx.deps;
-  const storage =
+  const storage: Record<string, string> =
     config.storage.kind === "disk"
       ? { UPLOAD_DIR: config.storage.dir }
       : {
@@ -38,7 +44,13 @@ export function sibling(ctx: TestContext, overrides: Record<string, string> = {}
           S3_ACCESS_KEY_ID: config.storage.accessKeyId,
           S3_SECRET_ACCESS_KEY: config.storage.secretAccessKey,
         };
-  return makeApp({ MAX_UPLOAD_SIZE: String(config.MAX_UPLOAD_SIZE), ...storage, ...overrides });
+  // The same secret: a token from one instance holds on the other.
+  return makeApp({
+    MAX_UPLOAD_SIZE: String(config.MAX_UPLOAD_SIZE),
+    SECRET_KEY: config.secretKey,
+    ...storage,
+    ...overrides,
+  });
 }
 
 /** ASCII text (valid UTF-8) of `bytes` bytes that differs from run to run. */
@@ -55,16 +67,17 @@ export interface TusRun {
   /** The final response's Upload-File-Id. */
   fileId?: string | null;
   /** Every request the client sent and the status it got (0: no answer), with Upload-Offset both ways. */
-  log: { method: string; status: number; sentOffset: string | null; gotOffset: string | null }[];
+  log: { method: string; status: number; sentOffset: string | null; gotOffset: string | null; at: number }[];
 }
 
 /** Runs tus-js-client to the end (success or error). */
 export function tusUpload(
   bytes: Buffer,
-  options: Partial<UploadOptions> & { token: string; type?: string; name?: string },
-): Promise<TusRun & { error?: DetailedError }> {
+  options: Partial<UploadOptions> & { token: string; type?: string; name?: string; stopAfterChunks?: number },
+): Promise<TusRun & { error?: DetailedError; stopped?: boolean }> {
   const run: TusRun = { log: [] };
   const sent = new Map<HttpRequest, string | null>();
+  let chunks = 0;
   return new Promise((resolve) => {
     const upload = new Upload(bytes, {
       retryDelays: [0, 100, 300, 1000],
@@ -80,7 +93,15 @@ export function tusUpload(
           status: res.getStatus(),
           sentOffset: sent.get(req) ?? null,
           gotOffset: res.getHeader("Upload-Offset") ?? null,
+          at: Date.now(),
         });
+      },
+      onChunkComplete: () => {
+        chunks++;
+        if (chunks === options.stopAfterChunks) {
+          run.url = upload.url ?? undefined;
+          void upload.abort().then(() => resolve({ ...run, stopped: true }));
+        }
       },
       onSuccess: (payload) => {
         run.url = upload.url ?? undefined;
@@ -92,7 +113,6 @@ export function tusUpload(
         resolve({ ...run, error: error as DetailedError });
       },
     });
-    options.onUploadUrlAvailable ??= undefined;
     upload.start();
   });
 }
