@@ -62,6 +62,7 @@ describe("migrations", () => {
         "files",
         "mfa_recovery_codes",
         "passkeys",
+        "resumable_uploads",
         "revoked_tokens",
         "used_mfa_tokens",
         "used_password_reset_tokens",

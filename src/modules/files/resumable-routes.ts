@@ -140,7 +140,7 @@ export function resumableRoutes<P extends FilesPrincipal>(deps: {
           description:
             "tus 1.0.0 creation: `Upload-Length` (required; over MAX_UPLOAD_SIZE → 413), `Upload-Metadata` with base64 `filename`, `filetype` (one of ALLOWED_FILE_TYPES, else 415) and `is_public`. Past the quota (stored bytes plus unfinished uploads' lengths) → 413. The body may carry the first bytes as application/offset+octet-stream (creation-with-upload); the content checks run on them as on a PATCH.",
           security: BEARER_SECURITY,
-          parameters: [
+          "x-header-parameters": [
             TUS_RESUMABLE_PARAMETER,
             header("Upload-Length", "The whole file's bytes"),
             header("Upload-Metadata", "`filename <base64>,filetype <base64>,is_public <base64>`", false),
@@ -162,14 +162,18 @@ export function resumableRoutes<P extends FilesPrincipal>(deps: {
             description:
               "Upload-Offset, Upload-Length, Upload-Metadata, Upload-Expires (while unfinished), Upload-File-Id (once complete); Cache-Control: no-store",
           }),
-          ...errorResponses(401, 404, 412, 422),
+          // A HEAD answer has no body: the status alone tells.
+          401: t.Void({ description: "Missing, invalid or expired credentials (WWW-Authenticate: Bearer)" }),
+          404: t.Void({ description: "No such upload of yours (another user's, expired or terminated)" }),
+          412: t.Void({ description: "Tus-Resumable is not 1.0.0 (Tus-Version says what is)" }),
+          422: t.Void({ description: "The id is not a UUID" }),
         },
         detail: {
           operationId: "files_resumable_head",
           summary: "Where a resumable upload stands (tus)",
           description: "Its creator only: anyone else gets 404, as does an upload expired or terminated.",
           security: BEARER_SECURITY,
-          parameters: [TUS_RESUMABLE_PARAMETER],
+          "x-header-parameters": [TUS_RESUMABLE_PARAMETER],
         },
       },
     )
@@ -226,7 +230,10 @@ export function resumableRoutes<P extends FilesPrincipal>(deps: {
           description:
             "`Upload-Offset` must be the upload's offset (else 409, nothing changed). Content checks run as bytes arrive (the type on the first bytes: 415 ends the upload); bytes past Upload-Length → 413. A request cut short keeps what arrived (HEAD tells the offset). Another request writing to the upload → 423. The last byte makes the file, with POST /uploads' quota, scan and event (413, 422 MALWARE_DETECTED, 503 end the upload).",
           security: BEARER_SECURITY,
-          parameters: [TUS_RESUMABLE_PARAMETER, header("Upload-Offset", "Where these bytes go: the upload's offset")],
+          "x-header-parameters": [
+            TUS_RESUMABLE_PARAMETER,
+            header("Upload-Offset", "Where these bytes go: the upload's offset"),
+          ],
           requestBody: { required: true, ...OCTET_BODY },
         },
       },
@@ -250,7 +257,7 @@ export function resumableRoutes<P extends FilesPrincipal>(deps: {
           operationId: "files_resumable_delete",
           summary: "Terminate a resumable upload (tus)",
           security: BEARER_SECURITY,
-          parameters: [TUS_RESUMABLE_PARAMETER],
+          "x-header-parameters": [TUS_RESUMABLE_PARAMETER],
         },
       },
     );
