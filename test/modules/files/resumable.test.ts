@@ -6,7 +6,7 @@ import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import net from "node:net";
 import { eq, sql } from "drizzle-orm";
 import { createServices } from "../../../src/app";
-import { resumableUploads } from "../../../src/db/schema";
+import { files, resumableUploads } from "../../../src/db/schema";
 import { memoryPubSub } from "../../../src/platform/pubsub";
 import { API, call, eventually, expectError, makeApp, signUp } from "../../support";
 import { SAMPLES, sha256, upload } from "./fixtures";
@@ -501,6 +501,39 @@ describe("one writer at a time", () => {
     expectError(await patch(ctx.app, user.access, path, 0, "01234"), 423, "LOCKED");
     await hold("-1 second");
     expect((await patch(ctx.app, user.access, path, 0, "01234")).status).toBe(204);
+  });
+});
+
+describe("an instance that crashed while making the file", () => {
+  test("left it stored: the upload is complete with that file; left nothing: the upload is gone, its bytes swept", async () => {
+    const { ctx, user } = await appWithUser();
+    const crashed = (path: string, set: Partial<typeof resumableUploads.$inferInsert> = {}) =>
+      ctx.deps.db.orm
+        .update(resumableUploads)
+        .set({
+          state: "completing",
+          lockToken: crypto.randomUUID(),
+          lockedUntil: sql`now() - interval '1 second'`,
+          ...set,
+        })
+        .where(eq(resumableUploads.id, path.split("/").at(-1) as string));
+    const stored = await upload(ctx, textBytes(100), { token: user.access });
+    const [file] = await ctx.deps.db.orm.select().from(files).where(eq(files.id, stored.json.id));
+    const made = await create(ctx.app, user.access, 100);
+    await crashed(made.path, { storageKey: file?.storageKey });
+    const status = await head(ctx.app, user.access, made.path);
+    expect([status.status, status.headers.get("upload-offset"), status.headers.get("upload-file-id")]).toEqual([
+      200,
+      "100",
+      stored.json.id,
+    ]);
+
+    const lost = await create(ctx.app, user.access, 100);
+    await patch(ctx.app, user.access, lost.path, 0, textBytes(40));
+    await crashed(lost.path);
+    expect((await head(ctx.app, user.access, lost.path)).status).toBe(404);
+    expect(await createServices(ctx.deps).resumable.sweep()).toBe(1);
+    expect(await holdings(ctx)).toEqual({ objects: 1, temporaries: 0, rows: 1, uploads: 1, waiting: 0 });
   });
 });
 
