@@ -330,6 +330,11 @@ describe("OpenAPI document: the server answers what it declares", () => {
     await send(401, "PATCH", tusPath, { headers: { "tus-resumable": "1.0.0", "upload-offset": "5" }, body: "56789" });
     await send(422, "PATCH", "/uploads/resumable/not-a-uuid", bytesAt(5, "56789"));
     await send(401, "HEAD", tusPath, { headers: { "tus-resumable": "1.0.0" } });
+    await send(204, "POST", tusPath, {
+      ...bytesAt(5, "56"),
+      headers: { ...bytesAt(5, "56").headers, "x-http-method-override": "PATCH" },
+    });
+    await send(400, "POST", tusPath, tus());
     await send(412, "DELETE", tusPath, admin);
     await send(204, "DELETE", tusPath, tus());
     await send(404, "GET", tusPath, admin);

@@ -99,6 +99,8 @@ export function resumableRoutes<P extends FilesPrincipal>(deps: {
       body: request.body,
     };
   };
+  const takeBytes = (user: P["user"], id: string, request: Request, server: Server<unknown> | null) =>
+    resumable.patch(user, id, request.headers.get("upload-offset"), tusRequest(request, server));
   const head = (row: ResumableRow, set: { headers: Record<string, string | number> }) => {
     Object.assign(set.headers, describe(row), { "cache-control": "no-store" });
   };
@@ -205,13 +207,7 @@ export function resumableRoutes<P extends FilesPrincipal>(deps: {
     .patch(
       "/:id",
       async ({ principal, params, request, server, set }) => {
-        const row = await resumable.patch(
-          principal.user,
-          params.id,
-          request.headers.get("upload-offset"),
-          tusRequest(request, server),
-        );
-        Object.assign(set.headers, describe(row));
+        Object.assign(set.headers, describe(await takeBytes(principal.user, params.id, request, server)));
         set.status = 204;
       },
       {
@@ -235,6 +231,45 @@ export function resumableRoutes<P extends FilesPrincipal>(deps: {
             header("Upload-Offset", "Where these bytes go: the upload's offset"),
           ],
           requestBody: { required: true, ...OCTET_BODY },
+        },
+      },
+    )
+    .post(
+      "/:id",
+      async ({ principal, params, request, server, set }) => {
+        // tus' X-HTTP-Method-Override, for clients behind proxies that drop PATCH and DELETE.
+        const method = request.headers.get("x-http-method-override")?.trim().toUpperCase();
+        if (method === "PATCH") {
+          Object.assign(set.headers, describe(await takeBytes(principal.user, params.id, request, server)));
+        } else if (method === "DELETE") {
+          await resumable.terminate(principal.user, params.id);
+        } else {
+          throw errors.badRequest("Send X-HTTP-Method-Override: PATCH or DELETE");
+        }
+        set.status = 204;
+      },
+      {
+        auth: requireVerifiedEmail,
+        params: IdParams,
+        response: {
+          204: t.Void({ description: "As the PATCH or DELETE the X-HTTP-Method-Override header names" }),
+          ...errorResponses(400, 401, 403, 404, 408, 409, 412, 413, 415, 422, 423, 507),
+        },
+        detail: {
+          operationId: "files_resumable_override",
+          summary: "PATCH or DELETE a resumable upload through POST (tus X-HTTP-Method-Override)",
+          description:
+            "For clients whose environment cannot send PATCH or DELETE (tus-js-client's `overridePatchMethod`): `X-HTTP-Method-Override: PATCH` or `DELETE` makes this request that one, with its headers, body and answers; anything else → 400.",
+          security: BEARER_SECURITY,
+          "x-header-parameters": [
+            TUS_RESUMABLE_PARAMETER,
+            {
+              ...header("X-HTTP-Method-Override", "PATCH or DELETE"),
+              schema: { type: "string" as const, enum: ["PATCH", "DELETE"] },
+            },
+            header("Upload-Offset", "With PATCH: where these bytes go", false),
+          ],
+          requestBody: { required: false, ...OCTET_BODY },
         },
       },
     )

@@ -203,6 +203,42 @@ describe("uploads with tus-js-client", () => {
     }
   });
 
+  test("through POST with X-HTTP-Method-Override (overridePatchMethod), for proxies that drop PATCH and DELETE", async () => {
+    const { ctx, user } = await appWithUser();
+    const server = await listening(ctx);
+    try {
+      const bytes = textBytes(2 * MiB + 7);
+      const run = await tusUpload(bytes, {
+        endpoint: server.base + ENDPOINT,
+        token: user.access,
+        chunkSize: MiB,
+        overridePatchMethod: true,
+      });
+      expect(run.error).toBeUndefined();
+      expect(run.log.map((entry) => `${entry.method} ${entry.status}`)).toEqual([
+        "POST 201",
+        "POST 204",
+        "POST 204",
+        "POST 204",
+      ]);
+      expect((await call(ctx.app, "GET", `${API}/uploads/${run.fileId}`, { token: user.access })).json.file_hash).toBe(
+        sha256(bytes),
+      );
+      const { path } = await create(ctx.app, user.access, 10);
+      const post = (override?: string) =>
+        call(ctx.app, "POST", path, {
+          token: user.access,
+          headers: tusHeaders(user.access, override ? { "x-http-method-override": override } : {}),
+        });
+      expectError(await post(), 400, "BAD_REQUEST");
+      expectError(await post("GET"), 400, "BAD_REQUEST");
+      expect((await post("DELETE")).status).toBe(204);
+      expect((await head(ctx.app, user.access, path)).status).toBe(404);
+    } finally {
+      await server.stop();
+    }
+  });
+
   test("a connection cut mid-chunk: what arrived is kept and the client resumes from the offset the server reports", async () => {
     const { ctx, user } = await appWithUser();
     const server = await listening(ctx);
