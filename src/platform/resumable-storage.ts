@@ -335,12 +335,14 @@ export function s3Resumable(setting: S3Setting): ResumableStorage {
       // The buffer's first `reserved` bytes are the staged ones, read back only if the part fills.
       let reserved = upload.offset - state.partBytes;
       let used = reserved;
+      // A part holds what is left of the upload at most: a small upload never allocates a whole part.
+      const capacity = Math.min(partSize, upload.length - state.partBytes);
       let buffer: Uint8Array | undefined;
       let position = upload.offset;
       const consumed: string[] = [];
 
       const uploadPart = async (length: number) => {
-        buffer ??= new Uint8Array(partSize);
+        buffer ??= new Uint8Array(capacity);
         const part = buffer.subarray(0, length);
         for (const [i, offset] of state.staged.entries()) {
           const end = state.staged[i + 1] ?? state.partBytes + reserved;
@@ -365,7 +367,7 @@ export function s3Resumable(setting: S3Setting): ResumableStorage {
       return {
         async write(chunk) {
           for (let at = 0; at < chunk.byteLength; ) {
-            buffer ??= new Uint8Array(partSize);
+            buffer ??= new Uint8Array(capacity);
             const taken = Math.min(chunk.byteLength - at, partSize - used);
             buffer.set(chunk.subarray(at, at + taken), used);
             used += taken;
