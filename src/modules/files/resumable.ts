@@ -234,6 +234,8 @@ export function createResumable(deps: ResumableDeps) {
     const lease = holdLease(row.id, token);
     try {
       const inspector = resumableInspector(row, takeHasher(row));
+      // What the storage has recorded so far (a multipart upload this request started): removal needs it.
+      let recorded = row.storageState;
       let appender: Awaited<ReturnType<ResumableStorage["append"]>>;
       try {
         appender = await bytes.append(
@@ -241,6 +243,7 @@ export function createResumable(deps: ResumableDeps) {
           async (state) => {
             if (!(await repo.saveStorageState(row.id, token, state)))
               throw errors.locked("Another request took this upload");
+            recorded = state;
           },
         );
       } catch (error) {
@@ -267,7 +270,7 @@ export function createResumable(deps: ResumableDeps) {
       } catch (error) {
         if (isRefusal(error)) {
           await appender.drop();
-          await removeQuietly(row);
+          await removeQuietly(row, recorded);
           throw error;
         }
         if (!isInterruption(error)) {

@@ -167,7 +167,14 @@ describe("uploads with tus-js-client", () => {
         length: bytes.length,
         file_id: run.fileId,
       });
-      expect(await holdings(ctx)).toEqual({ objects: 1, temporaries: 0, rows: 1, uploads: 1, waiting: 0 });
+      expect(await holdings(ctx)).toEqual({
+        objects: 1,
+        temporaries: 0,
+        rows: 1,
+        uploads: 1,
+        waiting: 0,
+        multipart: 0,
+      });
       expect(
         await eventually(() => events.some((m) => m.includes("file.uploaded") && m.includes(run.fileId as string))),
       ).toBe(true);
@@ -292,7 +299,14 @@ describe("uploads with tus-js-client", () => {
       expect(run.log[resumed + 1]).toMatchObject({ method: "PATCH", sentOffset: String(reported) });
       const file = await call(ctx.app, "GET", `${API}/uploads/${run.fileId}`, { token: user.access });
       expect(file.json.file_hash).toBe(sha256(bytes));
-      expect(await holdings(ctx)).toEqual({ objects: 1, temporaries: 0, rows: 1, uploads: 1, waiting: 0 });
+      expect(await holdings(ctx)).toEqual({
+        objects: 1,
+        temporaries: 0,
+        rows: 1,
+        uploads: 1,
+        waiting: 0,
+        multipart: 0,
+      });
     } finally {
       proxy.close();
       await server.stop();
@@ -351,7 +365,14 @@ describe("uploads with tus-js-client", () => {
       expect(run.log[0]).toMatchObject({ method: "HEAD", gotOffset: String(5 * MiB) });
       const file = await call(b.ctx.app, "GET", `${API}/uploads/${run.fileId}`, { token: user.access });
       expect(file.json).toMatchObject({ file_size: bytes.length, file_hash: sha256(bytes) });
-      expect(await holdings(ctx)).toEqual({ objects: 1, temporaries: 0, rows: 1, uploads: 1, waiting: 0 });
+      expect(await holdings(ctx)).toEqual({
+        objects: 1,
+        temporaries: 0,
+        rows: 1,
+        uploads: 1,
+        waiting: 0,
+        multipart: 0,
+      });
     } finally {
       await Promise.all([a.stop(), b.stop()]);
     }
@@ -445,6 +466,22 @@ describe("refusals leave the upload as it was, or nothing at all", () => {
     expect((await holdings(ctx)).uploads).toBe(1);
   });
 
+  test("bad UTF-8 after a whole part went to storage in the same request: 415 and nothing left, no multipart upload either", async () => {
+    const { ctx, user } = await appWithUser();
+    const { path } = await create(ctx.app, user.access, 7 * MiB);
+    const bytes = textBytes(6 * MiB);
+    bytes.set(SAMPLES.invalidUtf8, 5.5 * MiB);
+    // In 1 MiB pieces, as a socket delivers them: the first 5 MiB make a part before the bad bytes arrive.
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        for (let at = 0; at < bytes.length; at += MiB) controller.enqueue(bytes.subarray(at, at + MiB));
+        controller.close();
+      },
+    });
+    expectError(await patch(ctx.app, user.access, path, 0, body), 415, "UNSUPPORTED_MEDIA_TYPE");
+    expect(await holdings(ctx)).toEqual(EMPTY);
+  });
+
   test("bytes past Upload-Length: 413, the upload as it was", async () => {
     const { ctx, user } = await appWithUser();
     const { path } = await create(ctx.app, user.access, 10);
@@ -476,7 +513,7 @@ describe("refusals leave the upload as it was, or nothing at all", () => {
     expect((await upload(ctx, textBytes(500), { token: user.access })).status).toBe(201);
     await patch(ctx.app, user.access, second.path, 0, textBytes(300));
     expectError(await patch(ctx.app, user.access, second.path, 300, textBytes(300)), 413, "PAYLOAD_TOO_LARGE");
-    expect(await holdings(ctx)).toEqual({ objects: 1, temporaries: 0, rows: 1, uploads: 0, waiting: 0 });
+    expect(await holdings(ctx)).toEqual({ objects: 1, temporaries: 0, rows: 1, uploads: 0, waiting: 0, multipart: 0 });
   });
 
   test("PATCH needs application/offset+octet-stream (415) and a numeric Upload-Offset (400)", async () => {
@@ -569,7 +606,7 @@ describe("an instance that crashed while making the file", () => {
     await crashed(lost.path);
     expect((await head(ctx.app, user.access, lost.path)).status).toBe(404);
     expect(await createServices(ctx.deps).resumable.sweep()).toBe(1);
-    expect(await holdings(ctx)).toEqual({ objects: 1, temporaries: 0, rows: 1, uploads: 1, waiting: 0 });
+    expect(await holdings(ctx)).toEqual({ objects: 1, temporaries: 0, rows: 1, uploads: 1, waiting: 0, multipart: 0 });
   });
 });
 

@@ -6,7 +6,7 @@ import { type DetailedError, type HttpRequest, type HttpResponse, Upload, type U
 import { listenOptions } from "../../../src/app";
 import { resumableUploads } from "../../../src/db/schema";
 import { countObjects } from "../../s3";
-import { API, makeApp, signUp, type TestContext } from "../../support";
+import { API, makeApp, signUp, type TestContext, testBucket } from "../../support";
 import { stored } from "./fixtures";
 
 export const MiB = 1024 * 1024;
@@ -127,18 +127,22 @@ function filesUnder(dir: string): string[] {
   }
 }
 
-/** Everything the app holds: files' objects, temporaries and rows, resumable rows and their waiting bytes. */
+/**
+ * Everything the app holds: files' objects, temporaries and rows, resumable rows, their waiting bytes (disk
+ * files, S3 staged objects) and, on S3, multipart uploads left open.
+ */
 export async function holdings(ctx: TestContext) {
   const storage = ctx.deps.config.storage;
   const waiting =
     storage.kind === "disk"
       ? filesUnder(join(storage.dir, "resumable")).length
       : await countObjects(storage, "resumable/");
+  const multipart = storage.kind === "disk" ? 0 : (await testBucket()).openMultipartUploads(storage.prefix);
   const [uploads] = await ctx.deps.db.orm.select({ n: count() }).from(resumableUploads);
-  return { ...(await stored(ctx)), uploads: uploads?.n ?? 0, waiting };
+  return { ...(await stored(ctx)), uploads: uploads?.n ?? 0, waiting, multipart };
 }
 
-export const EMPTY = { objects: 0, temporaries: 0, rows: 0, uploads: 0, waiting: 0 };
+export const EMPTY = { objects: 0, temporaries: 0, rows: 0, uploads: 0, waiting: 0, multipart: 0 };
 
 /** An app and a signed-up user on it. */
 export async function appWithUser(overrides: Record<string, string> = {}) {
