@@ -7,6 +7,7 @@ ARG NODE_EXTRA_CA_CERTS
 ARG REVIEWPOINT_COMMIT
 WORKDIR /src
 COPY package.json bun.lock bunfig.toml ./
+COPY patches ./patches
 RUN bun install --frozen-lockfile
 COPY . .
 RUN bun run build

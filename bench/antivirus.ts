@@ -7,7 +7,7 @@ import type { Service } from "./process";
 const MiB = 1024 * 1024;
 export const SCANNED_FILE_BYTES = 5 * MiB;
 /** Few connections: each 5 MiB upload is scanned whole, and CLAMAV_CONNECTIONS (4) bounds the scans. */
-const BIG_SHAPE: Shape = { threads: 1, connections: 4, seconds: 5, warmupSeconds: 1, pairs: 3 };
+const BIG_SHAPE: Shape = { threads: 1, connections: 4, seconds: 5, warmupSeconds: 1, rounds: 3 };
 
 export interface ScanLoads {
   small: Pair;

@@ -17,7 +17,10 @@ interface SpawnOptions {
 }
 
 /** Spawns a child that `killChildren` will reach if the bench dies before stopping it. */
-function spawnTracked(cmd: string[], { cwd, env, timeoutMs }: SpawnOptions): { child: Child; output: Promise<string> } {
+export function spawnTracked(
+  cmd: string[],
+  { cwd, env, timeoutMs }: SpawnOptions,
+): { child: Child; output: Promise<string> } {
   const child = Bun.spawn(cmd, { cwd, env, stdin: "ignore", stdout: "pipe", stderr: "pipe", timeout: timeoutMs });
   children.add(child);
   void child.exited.then(() => children.delete(child));

@@ -1,7 +1,14 @@
 /**
- * `bun run bench`: builds the binary, measures it against a bare Bun.serve on this machine,
- * prints a table and writes bench/results/latest.json. Exits 0 when targets fail (it is a
- * report) and non-zero only when the bench itself could not run.
+ * `bun run bench`: builds the binary, measures it against a bare Bun.serve and the Fastify peer
+ * (bench/peer) on this machine, prints a table and writes bench/results/latest.json. Exits 0 when
+ * targets fail (it is a report) and non-zero only when the bench itself could not run.
+ * `bun run bench uploads` runs only the upload rows (a couple of minutes); `bun run bench profile` profiles
+ * our upload path (the server from source under `bun --cpu-prof`) and counts what one upload costs.
+ * BENCH_DATABASE and BENCH_REDIS_DB choose the database it recreates and the Redis db it flushes;
+ * BENCH_UPLOAD_ROOT where the upload rows' servers store (default: the scratch folder under the temp dir).
+ * This machine's ext4 has no journal, and there creating a file among many deleted in the last 1-5
+ * minutes (a previous bench's scratch, another test suite's) costs several times more: for quick
+ * iterations BENCH_UPLOAD_ROOT=/dev/shm measures the upload path without that.
  */
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -14,32 +21,78 @@ import { startTestBucket } from "../test/s3";
 import { SCANNED_FILE_BYTES, type ScanLoads, scanLoads } from "./antivirus";
 import {
   BIG_FILE_BYTES,
+  byRate,
+  curlUpload,
   type FilesResults,
   filesLoads,
   LIST_FILES,
   LIST_SHAPE,
   MiB,
+  SMALL_FILE_BYTES,
   SMALL_UPLOAD_SHAPE,
+  type Transfer,
   UPLOAD_LIMIT_BYTES,
+  UPLOADS,
+  writeMultipartBody,
   writeTextFile,
 } from "./files";
-import { median, type Pair, pairedLoad } from "./load";
+import {
+  byRequestRate,
+  type Measured,
+  type MedianPair,
+  median,
+  medianPair,
+  type Pair,
+  pairedLoad,
+  processCpuUs,
+} from "./load";
 import { killChildren, type Launch, run, type Service, startService, stop, tail, timedStarts } from "./process";
+import {
+  formatProfile,
+  postgresCounter,
+  redisCommandsDuring,
+  straceWorks,
+  summarizeProfile,
+  syscallsDuring,
+} from "./profile";
 import { type Delivery, eventDelivery, HELD_SOCKETS, type HeldSockets, heldSockets } from "./realtime";
 import { pairedDownloads, S3_DOWNLOAD_ROUNDS, type S3Download } from "./storage";
+import { BIG_ROUNDS, type UploadResults, type UploadServer, type UploadTarget, uploadLoads } from "./uploads";
 import { runWrk, type WrkResult } from "./wrk";
 
 const ROOT = resolve(import.meta.dir, "..");
 const BINARY = join(ROOT, "dist", "reviewpoint");
+const PEER_DIR = join(import.meta.dir, "peer");
 const RESULTS = join(import.meta.dir, "results", "latest.json");
 const ADMIN_DB_URL = "postgres://postgres@127.0.0.1:5432/postgres";
-const BENCH_DB = "reviewpoint_bench";
+const BENCH_DB = process.env.BENCH_DATABASE ?? "reviewpoint_bench";
 const BENCH_DB_URL = `postgresql://postgres@127.0.0.1:5432/${BENCH_DB}`;
-const REDIS_URL = "redis://127.0.0.1:6379/14";
+const REDIS_DB = process.env.BENCH_REDIS_DB ?? "14";
+const REDIS_URL = `redis://127.0.0.1:6379/${REDIS_DB}`;
+const MODE = process.argv[2];
+/** USER_STORAGE_QUOTA of the quota variant: set, and far above anything the bench stores. */
+const UNREACHED_QUOTA = 2 ** 50;
+/** `bun run bench profile quota`: the profiled server with a quota. */
+const PROFILED_VARIANTS: Record<string, Record<string, string>> = {
+  quota: { USER_STORAGE_QUOTA: String(UNREACHED_QUOTA) },
+};
+const VARIANT = MODE === "profile" ? process.argv[3] : undefined;
+if (
+  (MODE !== undefined && MODE !== "uploads" && MODE !== "profile") ||
+  (VARIANT !== undefined && !PROFILED_VARIANTS[VARIANT])
+) {
+  console.error("usage: bun run bench [uploads | profile [quota]]");
+  process.exit(2);
+}
+/** `bun run bench uploads`: the upload rows alone. */
+const ONLY_UPLOADS = MODE === "uploads";
 
 const LIVE = "/api/v1/health/live";
 const READY = "/api/v1/health/ready";
-const USER = { username: "benchuser", email: "bench@example.com", password: "benchpass123" };
+type BenchUser = { username: string; email: string; password: string };
+const USER: BenchUser = { username: "benchuser", email: "bench@example.com", password: "benchpass123" };
+/** Uploads to our servers in the upload rows, so their files do not swell the bench user's list. */
+const UPLOADER: BenchUser = { username: "benchuploader", email: "uploader@example.com", password: "benchpass123" };
 const CREDENTIALS = { username: USER.username, password: USER.password };
 const LOGIN_BODY = JSON.stringify(CREDENTIALS);
 
@@ -58,8 +111,12 @@ const STORES = new Set(["postgres", "redis-server", "clamd"]);
 
 const benchStart = performance.now();
 const scratch = mkdtempSync(join(tmpdir(), "reviewpoint-bench-"));
+const uploadRoot = process.env.BENCH_UPLOAD_ROOT
+  ? mkdtempSync(join(process.env.BENCH_UPLOAD_ROOT, "reviewpoint-bench-"))
+  : scratch;
 const workDir = join(scratch, "cwd");
 const secretKey = randomBytes(32).toString("hex");
+const peerToken = randomBytes(32).toString("hex");
 
 function progress(message: string): void {
   console.error(`[${((performance.now() - benchStart) / 1000).toFixed(1).padStart(5)}s] ${message}`);
@@ -68,6 +125,7 @@ function progress(message: string): void {
 process.on("exit", () => {
   killChildren();
   rmSync(scratch, { recursive: true, force: true });
+  rmSync(uploadRoot, { recursive: true, force: true });
 });
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   process.on(signal, () => {
@@ -137,6 +195,21 @@ async function ensureWrk(): Promise<void> {
   if (retry.code !== 0) throw new Error(`apt-get install wrk failed:\n${tail(retry.output)}`);
 }
 
+/** The peer's pinned dependencies (npm ci from its lockfile), installed once; returns the machine's Node version. */
+async function ensurePeer(): Promise<string> {
+  if (!Bun.which("node") || !Bun.which("npm")) throw new Error("the peer needs node and npm on the PATH");
+  const version = (await run(["node", "--version"], { timeoutMs: 10_000 })).output.trim();
+  if (existsSync(join(PEER_DIR, "node_modules", ".package-lock.json"))) return version;
+  progress("installing the peer's dependencies (npm ci in bench/peer)");
+  const install = await run(["npm", "ci", "--no-audit", "--no-fund"], {
+    cwd: PEER_DIR,
+    env: process.env,
+    timeoutMs: 300_000,
+  });
+  if (install.code !== 0) throw new Error(`npm ci in bench/peer failed:\n${tail(install.output)}`);
+  return version;
+}
+
 async function build(): Promise<void> {
   progress("building dist/reviewpoint");
   const { code, output } = await run([process.execPath, "run", "build"], { cwd: ROOT, timeoutMs: 180_000 });
@@ -144,7 +217,7 @@ async function build(): Promise<void> {
 }
 
 async function resetStores(): Promise<void> {
-  progress(`recreating database ${BENCH_DB}, flushing Redis db 14`);
+  progress(`recreating database ${BENCH_DB}, flushing Redis db ${REDIS_DB}`);
   const sql = postgres(ADMIN_DB_URL, { max: 1, connect_timeout: 5, onnotice: () => {} });
   try {
     // FORCE: a server left over from an interrupted run may still hold connections.
@@ -187,8 +260,17 @@ const baselineLaunch = (file?: string): Launch => ({
   }),
 });
 
-/** The binary with the given database: Postgres + Redis when `external`, embedded PGlite otherwise. */
-function serverLaunch(name: string, dataDir: string, external: boolean, env: Record<string, string> = {}): Launch {
+/**
+ * The binary (or `command`) with the given database: Postgres + Redis when `external`, embedded PGlite
+ * otherwise.
+ */
+function serverLaunch(
+  name: string,
+  dataDir: string,
+  external: boolean,
+  env: Record<string, string> = {},
+  command = [BINARY, "serve"],
+): Launch {
   return {
     name,
     cwd: workDir,
@@ -196,7 +278,7 @@ function serverLaunch(name: string, dataDir: string, external: boolean, env: Rec
     // PGlite's first start runs initdb, which takes seconds on 2 cores.
     timeoutMs: external ? 30_000 : 120_000,
     command: (port) => ({
-      cmd: [BINARY, "serve"],
+      cmd: command,
       env: {
         PATH: process.env.PATH,
         HOME: process.env.HOME,
@@ -218,6 +300,29 @@ function serverLaunch(name: string, dataDir: string, external: boolean, env: Rec
     }),
   };
 }
+
+/** The Fastify peer under Node, on the bench database, with our server's upload limit. */
+const peerLaunch = (uploadDir: string): Launch => ({
+  name: "peer",
+  cwd: workDir,
+  readyPath: READY,
+  timeoutMs: 30_000,
+  command: (port) => ({
+    cmd: ["node", join(PEER_DIR, "server.js")],
+    env: {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      NODE_ENV: "production",
+      HOST: "127.0.0.1",
+      PORT: String(port),
+      LOG_LEVEL: "warn",
+      DATABASE_URL: BENCH_DB_URL,
+      PEER_TOKEN: peerToken,
+      UPLOAD_DIR: uploadDir,
+      MAX_UPLOAD_SIZE: String(UPLOAD_LIMIT_BYTES),
+    },
+  }),
+});
 
 // ---------------------------------------------------------------- measurements
 
@@ -290,34 +395,261 @@ async function authLoads(url: string, baselineUrl: string, serverPid: number, ba
   return { me, login: { storm, live } };
 }
 
-/** A bearer token of the bench user (registered by the auth loads; registered here if they could not). */
-async function signIn(url: string): Promise<string | Unavailable> {
-  let login = await postJson(`${url}/api/v1/auth/login`, CREDENTIALS);
+/** A bearer token of the user (the bench user is registered by the auth loads; anyone is registered here if not yet). */
+async function signIn(url: string, user = USER): Promise<string | Unavailable> {
+  const credentials = { username: user.username, password: user.password };
+  let login = await postJson(`${url}/api/v1/auth/login`, credentials);
   if (login.status === 401) {
-    const register = await postJson(`${url}/api/v1/auth/register`, USER);
+    const register = await postJson(`${url}/api/v1/auth/register`, user);
     if (register.status !== 201) return routeReturned(register.status);
-    login = await postJson(`${url}/api/v1/auth/login`, CREDENTIALS);
+    login = await postJson(`${url}/api/v1/auth/login`, credentials);
   }
   const token = (login.body as { access_token?: unknown } | null)?.access_token;
   return login.status === 200 && typeof token === "string" ? token : routeReturned(login.status);
 }
 
-/**
- * The files rows, on a server of their own allowed big uploads: started fresh, so the resident set the
- * upload row watches is not what earlier loads left, and beside a baseline that also serves the file.
- */
-async function filesStage(): Promise<{ files: FilesResults | Unavailable; log: string }> {
-  const bigFile = join(scratch, "big.txt");
-  progress(`files: writing a ${BIG_FILE_BYTES / MiB} MiB text file`);
+/** The big file both file stages send, written once. */
+const bigFile = join(scratch, "big.txt");
+function writeBigFile(): void {
+  if (existsSync(bigFile)) return;
+  progress(`writing a ${BIG_FILE_BYTES / MiB} MiB text file`);
   writeTextFile(bigFile, BIG_FILE_BYTES);
-  const dataDir = join(scratch, "data-files");
-  const uploadDir = join(dataDir, "uploads");
+}
+
+/**
+ * The upload rows: four servers started fresh (so the resident set the big uploads watch is not what
+ * earlier loads left) and loaded in turn, beside a baseline. Ours as shipped, ours with a quota, ours with
+ * metrics off (on one database, one Redis and one upload folder, as instances of one service), the peer.
+ */
+async function uploadsStage(): Promise<{ uploads: UploadResults | Unavailable; busy: MachineShare; log: string }> {
+  writeBigFile();
+  const uploadDir = join(uploadRoot, "uploads");
+  const ours = (name: string, env: Record<string, string> = {}) =>
+    serverLaunch(`server (${name})`, join(scratch, `data-uploads-${name}`), true, {
+      MAX_UPLOAD_SIZE: String(UPLOAD_LIMIT_BYTES),
+      UPLOAD_DIR: uploadDir,
+      ...env,
+    });
+  const cpuAtStart = cpuTicks();
   // A failed start ends the bench; the exit handler stops whatever is still running.
+  const baseline = await startService(baselineLaunch());
+  const services: Record<UploadServer, Service> = {
+    ours: await startService(ours("uploads")),
+    peer: await startService(peerLaunch(join(uploadRoot, "uploads-peer"))),
+    quota: await startService(ours("quota", { USER_STORAGE_QUOTA: String(UNREACHED_QUOTA) })),
+    metricsOff: await startService(ours("metrics-off", { METRICS_ENABLED: "false" })),
+  };
+  let uploads: UploadResults | Unavailable;
+  try {
+    const token = await signIn(services.ours.url, UPLOADER);
+    if (typeof token === "string") {
+      const bearer = `Bearer ${token}`;
+      const targets: Record<UploadServer, UploadTarget> = {
+        ours: { service: services.ours, authorization: bearer },
+        peer: { service: services.peer, authorization: `Bearer ${peerToken}` },
+        quota: { service: services.quota, authorization: bearer },
+        metricsOff: { service: services.metricsOff, authorization: bearer },
+      };
+      uploads = await uploadLoads({
+        targets,
+        baseline,
+        bigFile,
+        scratch,
+        uploadDir,
+        dbUrl: BENCH_DB_URL,
+        username: UPLOADER.username,
+        progress,
+      });
+    } else uploads = token;
+  } finally {
+    for (const service of Object.values(services)) await stop(service.child);
+    await stop(baseline.child);
+  }
+  const logs = await Promise.all(
+    Object.entries(services).map(async ([name, service]) => {
+      const output = tail(await service.output);
+      return output && `${name}:\n${output}`;
+    }),
+  );
+  return { uploads, busy: foreignCpuShare(cpuAtStart), log: logs.filter(Boolean).join("\n") };
+}
+
+const PROFILE_DIR = join(import.meta.dir, "results", "profile");
+/** Sequential uploads whose statements, commands and system calls are counted. */
+const COUNTED_UPLOADS = 200;
+const PROFILED_SECONDS = 10;
+
+/** Per upload, to one decimal: `name count` pairs, most frequent first, those under `floor` left out. */
+function perUpload(counts: Map<string, number>, uploads: number, floor = 0): string[] {
+  return [...counts.entries()]
+    .map(([name, n]) => [name, n / uploads] as const)
+    .filter(([, n]) => n >= floor)
+    .sort((a, b) => b[1] - a[1])
+    .map(([name, n]) => `  ${n.toFixed(2).padStart(7)}  ${name}`);
+}
+
+/** `uploads` sequential uploads of the small body (fetch, one connection). */
+async function sequentialUploads(
+  url: string,
+  authorization: string,
+  body: { file: string; type: string },
+  uploads: number,
+) {
+  for (let i = 0; i < uploads; i++) {
+    const response = await fetch(url, {
+      method: "POST",
+      headers: { authorization, "content-type": body.type },
+      body: Bun.file(body.file),
+      signal: AbortSignal.timeout(10_000),
+    });
+    await response.arrayBuffer();
+    if (response.status !== 201) throw new Error(`upload returned ${response.status}`);
+  }
+}
+
+/**
+ * `bun run bench profile [quota]`: our server (with USER_STORAGE_QUOTA set for `quota`) run from source
+ * under `bun --cpu-prof`, behind a proxy that counts its Postgres statements, loaded with 10 KiB uploads
+ * (wrk, as row p2) and then 200 MiB uploads (curl); the profile is summed over each load's window. Then
+ * COUNTED_UPLOADS sequential small uploads and one big one under strace and Redis MONITOR count what one
+ * upload costs. Prints it all and keeps the profile (for DevTools) and the report in bench/results/profile/.
+ */
+async function profileStage(): Promise<void> {
+  writeBigFile();
+  rmSync(PROFILE_DIR, { recursive: true, force: true });
+  mkdirSync(PROFILE_DIR, { recursive: true });
+  const postgresProxy = await postgresCounter({ host: "127.0.0.1", port: 5432 });
+  const source = [
+    process.execPath,
+    "--cpu-prof",
+    `--cpu-prof-dir=${PROFILE_DIR}`,
+    join(ROOT, "src", "index.ts"),
+    "serve",
+  ];
+  const server = await startService(
+    serverLaunch(
+      "server (profiled)",
+      join(scratch, "data-profiled"),
+      true,
+      {
+        MAX_UPLOAD_SIZE: String(UPLOAD_LIMIT_BYTES),
+        UPLOAD_DIR: join(uploadRoot, "uploads-profiled"),
+        REVIEWPOINT_DB_URL: `postgresql://postgres@127.0.0.1:${postgresProxy.port}/${BENCH_DB}`,
+        ...(VARIANT ? PROFILED_VARIANTS[VARIANT] : {}),
+      },
+      source,
+    ),
+  );
+  const pid = server.child.pid;
+  const report: string[] = [];
+  const say = (line: string) => {
+    report.push(line);
+    console.log(line);
+  };
+  const windows: { name: string; fromUs: number; toUs: number; cpuMs: number; uploads: number }[] = [];
+  /** Runs `work` (which makes `uploads` uploads), noting its wall-clock window and the server's CPU time. */
+  const timed = async (name: string, uploads: () => Promise<number>) => {
+    const cpuBefore = processCpuUs(pid);
+    const fromUs = Date.now() * 1000;
+    const count = await uploads();
+    windows.push({
+      name,
+      fromUs,
+      toUs: Date.now() * 1000,
+      cpuMs: (processCpuUs(pid) - cpuBefore) / 1000,
+      uploads: count,
+    });
+  };
+  try {
+    const token = await signIn(server.url, UPLOADER);
+    if (typeof token !== "string") throw new Error(`sign-in failed: ${token}`);
+    const authorization = `Bearer ${token}`;
+    const url = server.url + UPLOADS;
+    const bodyFile = join(scratch, "small-upload.body");
+    const small = { file: bodyFile, type: writeMultipartBody(bodyFile, SMALL_FILE_BYTES) };
+    const wrkLoad = (seconds: number) =>
+      runWrk({ ...SMALL_UPLOAD_SHAPE, seconds, url, method: "POST", bodyFile, contentType: small.type, authorization });
+
+    progress(
+      `profile: warm-up, then ${PROFILED_SECONDS} s of ${SMALL_FILE_BYTES / 1024} KiB uploads at ${SMALL_UPLOAD_SHAPE.connections} connections`,
+    );
+    await wrkLoad(SMALL_UPLOAD_SHAPE.warmupSeconds);
+    await timed(`${SMALL_FILE_BYTES / 1024} KiB uploads, wrk ${SMALL_UPLOAD_SHAPE.connections} conns`, async () => {
+      const result = await wrkLoad(PROFILED_SECONDS);
+      if (result.non2xx || result.socketErrors) throw new Error(`wrk: ${wrkProblems(result).join(", ")}`);
+      return result.requests;
+    });
+    progress(`profile: ${BIG_ROUNDS} uploads of ${BIG_FILE_BYTES / MiB} MiB`);
+    await timed(`${BIG_FILE_BYTES / MiB} MiB uploads, curl -F`, async () => {
+      for (let i = 0; i < BIG_ROUNDS; i++) {
+        const upload = await curlUpload(url, bigFile, ["-H", `Authorization: ${authorization}`]);
+        if (upload.status !== 201) throw new Error(`big upload returned ${upload.status}`);
+      }
+      return BIG_ROUNDS;
+    });
+
+    const strace = await straceWorks();
+    const counted = async <T>(work: () => Promise<T>) =>
+      strace ? syscallsDuring(pid, work) : { result: await work(), calls: new Map<string, number>() };
+    for (const [name, uploads, work] of [
+      [
+        `${SMALL_FILE_BYTES / 1024} KiB`,
+        COUNTED_UPLOADS,
+        () => sequentialUploads(url, authorization, small, COUNTED_UPLOADS),
+      ],
+      [
+        `${BIG_FILE_BYTES / MiB} MiB`,
+        1,
+        async () => {
+          const upload = await curlUpload(url, bigFile, ["-H", `Authorization: ${authorization}`]);
+          if (upload.status !== 201) throw new Error(`big upload returned ${upload.status}`);
+        },
+      ],
+    ] as const) {
+      progress(`profile: counting ${uploads} sequential ${name} upload(s)`);
+      postgresProxy.reset();
+      const { result, calls } = await counted(() => redisCommandsDuring(REDIS_DB, work));
+      const postgresCounts = postgresProxy.counts();
+      const statements = [...postgresCounts.statements.values()].reduce((sum, n) => sum + n, 0);
+      say(`\n== per ${name} upload (${uploads} sequential uploads counted) ==`);
+      say(
+        `Postgres: ${(statements / uploads).toFixed(2)} statements, ${(postgresCounts.roundTrips / uploads).toFixed(2)} round trips, ${(postgresCounts.parses / uploads).toFixed(2)} parses (on the wire; trigger bodies run inside the server):`,
+      );
+      for (const line of perUpload(postgresCounts.statements, uploads)) say(line);
+      say("Redis commands:");
+      for (const line of perUpload(result.commands, uploads)) say(line);
+      say(
+        strace
+          ? "system calls (every thread, strace -f -c; at least 0.5 per upload):"
+          : "system calls: strace cannot attach here",
+      );
+      for (const line of perUpload(calls, uploads, 0.5)) say(line);
+    }
+  } finally {
+    await stop(server.child);
+    await postgresProxy.close();
+  }
+  for (const window of windows) {
+    const summary = summarizeProfile(PROFILE_DIR, ROOT, window.fromUs, window.toUs);
+    say(`\n== CPU profile: ${window.name} ==`);
+    say(
+      `${window.uploads} uploads in ${((window.toUs - window.fromUs) / 1e6).toFixed(1)} s; server CPU ${window.cpuMs.toFixed(0)} ms (${((window.cpuMs * 1000) / window.uploads).toFixed(0)} µs per upload), of which sampled in JavaScript (1 ms samples) ${summary.samples} ms`,
+    );
+    say(formatProfile(summary));
+  }
+  writeFileSync(join(PROFILE_DIR, "report.txt"), `${report.join("\n")}\n`);
+  console.log(`\nprofile and report in ${PROFILE_DIR}`);
+}
+
+/** The download and list rows, on a server of their own allowed big uploads, beside a baseline that also serves the file. */
+async function filesStage(): Promise<{ files: FilesResults | Unavailable; log: string }> {
+  writeBigFile();
+  const dataDir = join(scratch, "data-files");
   const baseline = await startService(baselineLaunch(bigFile));
   const server = await startService(
     serverLaunch("server (files)", dataDir, true, {
       MAX_UPLOAD_SIZE: String(UPLOAD_LIMIT_BYTES),
-      UPLOAD_DIR: uploadDir,
+      UPLOAD_DIR: join(dataDir, "uploads"),
     }),
   );
   let files: FilesResults | Unavailable;
@@ -330,8 +662,6 @@ async function filesStage(): Promise<{ files: FilesResults | Unavailable; log: s
             baseline,
             token,
             bigFile,
-            scratch,
-            uploadDir,
             dbUrl: BENCH_DB_URL,
             username: USER.username,
             progress,
@@ -455,7 +785,7 @@ async function antivirusStage(): Promise<ScanLoads | Unavailable> {
 // ---------------------------------------------------------------- report
 
 /** What a row must reach; `report` rows only measure (the issue set no target for them). */
-type Target = { on: "ratio" | "value"; op: ">=" | "<"; limit: number } | { on: "report" };
+type Target = { on: "ratio" | "value"; op: ">=" | "<" | "<="; limit: number } | { on: "report" };
 
 interface Row {
   id: string;
@@ -506,9 +836,9 @@ function row(id: string, name: string, unit: string, target: Target, measure: Me
   }
   const ratio = measure.baseline ? measure.value / measure.baseline : null;
   const subject = target.on === "ratio" ? ratio : measure.value;
-  const met =
-    target.on === "report" ||
-    (subject !== null && (target.op === ">=" ? subject >= target.limit : subject < target.limit));
+  const reached = (value: number, { op, limit }: { op: ">=" | "<" | "<="; limit: number }) =>
+    op === ">=" ? value >= limit : op === "<=" ? value <= limit : value < limit;
+  const met = target.on === "report" || (subject !== null && reached(subject, target));
   const problems = measure.wrk ? wrkProblems(measure.wrk) : [];
   return {
     id,
@@ -524,6 +854,156 @@ function row(id: string, name: string, unit: string, target: Target, measure: Me
 }
 
 const ms = (value: number): string => `${value.toFixed(1)} ms`;
+const percent = (share: number): string => `${(share * 100).toFixed(0)}%`;
+const ratiosNote = (ratios: number[]) => `median of ratios ${ratios.map((r) => r.toFixed(2)).join(", ")}`;
+
+/** A wrk row against its baseline: the median round's rates, both sides' CPU per request. */
+function againstBaseline(pair: Pair, note = ""): Measure {
+  return {
+    value: pair.server.requestsPerSec,
+    baseline: pair.baseline.requestsPerSec,
+    wrk: pair.server,
+    note: [
+      note,
+      ratiosNote(pair.ratios),
+      `server ${pair.server.cpuUsPerRequest.toFixed(1)} CPU-µs/req (baseline ${pair.baseline.cpuUsPerRequest.toFixed(1)})`,
+    ]
+      .filter(Boolean)
+      .join("; "),
+  };
+}
+
+/** A big-file row against its baseline: the median round's rates, and CPU per file where measured. */
+function transferAgainst(pair: MedianPair<Transfer>, note = ""): Measure {
+  const { server, baseline } = pair;
+  const cpu =
+    server.cpuMs === undefined
+      ? ""
+      : `server ${server.cpuMs.toFixed(0)} CPU-ms per file${baseline.cpuMs === undefined ? "" : ` (baseline ${baseline.cpuMs.toFixed(0)})`}`;
+  return {
+    value: server.mibPerSec,
+    baseline: baseline.mibPerSec,
+    note: [note, ratiosNote(pair.ratios), cpu].filter(Boolean).join("; "),
+  };
+}
+
+/** The issue's targets for uploads, against the peer and for our variants. */
+const UPLOAD_TARGETS = {
+  peerRate: { on: "ratio", op: ">=", limit: 1.5 },
+  peerCpu: { on: "ratio", op: "<=", limit: 0.7 },
+  variant: { on: "ratio", op: ">=", limit: 0.9 },
+} as const satisfies Record<string, Target>;
+
+type MachineShare = ReturnType<typeof foreignCpuShare>;
+
+/** The upload rows: g1, g2 and g4 (ours against the floors), p1-p3 (against the peer), u1-u4 (our variants). */
+function uploadRows(results: UploadResults | Unavailable, busy: MachineShare, node: string): Row[] {
+  const big = typeof results === "string" ? results : results.big;
+  const small = typeof results === "string" ? results : results.small;
+  const mib = BIG_FILE_BYTES / MiB;
+  const conns = SMALL_UPLOAD_SHAPE.connections;
+  const meanwhile = `machine meanwhile: other processes ${percent(busy.other)}, Postgres + Redis ${percent(busy.stores)} of the CPU`;
+  const growths = (values: number[]) => values.map((v) => `+${v.toFixed(1)}`).join(", ");
+  const bigPair = (server: UploadServer, baseline: UploadServer, note = "") =>
+    ifMeasured(big, ({ uploads }) => transferAgainst(medianPair(uploads[server], uploads[baseline], byRate), note));
+  const smallPair = (server: UploadServer, baseline: UploadServer | "baseline", note = "") =>
+    ifMeasured(small, ({ runs }) => againstBaseline(medianPair(runs[server], runs[baseline], byRequestRate), note));
+  const byCpu = (run: Measured) => run.cpuUsPerRequest;
+  return [
+    row(
+      "g1",
+      `${mib} MiB upload: peak RSS growth`,
+      "MiB",
+      { on: "value", op: "<", limit: 48 },
+      ifMeasured(big, ({ uploads, rssMiB }) => ({
+        value: Math.max(...uploads.ours.map((upload) => upload.growthMiB)),
+        note: `per upload ${growths(uploads.ours.map((upload) => upload.growthMiB))} MiB over ${rssMiB.ours.before.toFixed(1)} MiB (VmRSS every 20 ms + VmHWM); ${rssMiB.ours.after.toFixed(1)} MiB after; the peer ${growths(uploads.peer.map((upload) => upload.growthMiB))} MiB over ${rssMiB.peer.before.toFixed(1)}`,
+      })),
+    ),
+    row(
+      "g2",
+      `${mib} MiB upload (curl -F) vs cp`,
+      "MiB/s",
+      { on: "ratio", op: ">=", limit: 0.5 },
+      ifMeasured(big, ({ uploads, floors }) => {
+        const vsCp = (transfers: Transfer[]) => medianPair(transfers, floors.cp, byRate).ratio.toFixed(2);
+        return transferAgainst(
+          medianPair(uploads.ours, floors.cp, byRate),
+          `ceilings vs cp: SHA-256 alone in one process ${vsCp(floors.sha256)}, a bare Bun.serve reading the same upload ${vsCp(floors.bareUpload)}`,
+        );
+      }),
+    ),
+    row(
+      "p1",
+      `${mib} MiB upload (curl -F) vs the peer`,
+      "MiB/s",
+      UPLOAD_TARGETS.peerRate,
+      ifMeasured(big, ({ uploads }) => {
+        const pair = medianPair(uploads.ours, uploads.peer, byRate);
+        return transferAgainst(
+          pair,
+          `baseline: Fastify + @fastify/multipart on Node ${node}; ${meanwhile}; JavaScript thread ${pair.server.mainThreadCpuMs.toFixed(0)} CPU-ms per file (peer ${pair.baseline.mainThreadCpuMs.toFixed(0)})`,
+        );
+      }),
+    ),
+    row(
+      "u1",
+      `${mib} MiB upload, USER_STORAGE_QUOTA set vs not`,
+      "MiB/s",
+      UPLOAD_TARGETS.variant,
+      bigPair("quota", "ours"),
+    ),
+    row("u2", `${mib} MiB upload, metrics on vs off`, "MiB/s", UPLOAD_TARGETS.variant, bigPair("ours", "metricsOff")),
+    row(
+      "g4",
+      `POST /uploads 10 KiB, ${conns} conns`,
+      "req/s",
+      { on: "report" },
+      ifMeasured(small, ({ runs, piledUp }) =>
+        againstBaseline(
+          medianPair(runs.ours, runs.baseline, byRequestRate),
+          `vs a bare POST reading its body; ${piledUp.rows} files stored by our three servers (${piledUp.objects.count} objects in ${piledUp.objects.folders} shard folders, fullest ${piledUp.objects.fullest}; ${piledUp.objects.temporaries} temporaries)`,
+        ),
+      ),
+    ),
+    row(
+      "p2",
+      `POST /uploads 10 KiB, ${conns} conns, vs the peer`,
+      "req/s",
+      UPLOAD_TARGETS.peerRate,
+      smallPair("ours", "peer", meanwhile),
+    ),
+    row(
+      "p3",
+      `POST /uploads 10 KiB: server CPU per upload vs the peer`,
+      "CPU-µs",
+      UPLOAD_TARGETS.peerCpu,
+      ifMeasured(small, ({ runs }) => {
+        const pair = medianPair(runs.ours, runs.peer, byCpu);
+        return {
+          value: pair.server.cpuUsPerRequest,
+          baseline: pair.baseline.cpuUsPerRequest,
+          wrk: pair.server,
+          note: `${ratiosNote(pair.ratios)}; the server process alone (not Postgres); of which the JavaScript thread ${pair.server.mainThreadCpuUsPerRequest.toFixed(0)} (peer ${pair.baseline.mainThreadCpuUsPerRequest.toFixed(0)}), the other threads (I/O pool, JIT, GC) ${(pair.server.cpuUsPerRequest - pair.server.mainThreadCpuUsPerRequest).toFixed(0)} (peer ${(pair.baseline.cpuUsPerRequest - pair.baseline.mainThreadCpuUsPerRequest).toFixed(0)})`,
+        };
+      }),
+    ),
+    row(
+      "u3",
+      `POST /uploads 10 KiB, USER_STORAGE_QUOTA set vs not`,
+      "req/s",
+      UPLOAD_TARGETS.variant,
+      smallPair("quota", "ours"),
+    ),
+    row(
+      "u4",
+      `POST /uploads 10 KiB, metrics on vs off`,
+      "req/s",
+      UPLOAD_TARGETS.variant,
+      smallPair("ours", "metricsOff"),
+    ),
+  ];
+}
 
 function formatTable(rows: Row[]): string {
   const number = (value: number | null, unit: string) =>
@@ -555,10 +1035,18 @@ async function main(): Promise<void> {
   const cpuAtStart = cpuTicks();
   mkdirSync(workDir, { recursive: true });
   await ensureWrk();
+  const node = await ensurePeer();
   await build();
   await resetStores();
-  const bcrypt = await bcryptCeiling();
 
+  if (MODE === "profile") return profileStage();
+  if (ONLY_UPLOADS) {
+    const { uploads, busy, log } = await uploadsStage();
+    report(cpuAtStart, uploadRows(uploads, busy, node), { uploads, uploadsBusy: busy }, { "upload servers": log });
+    return;
+  }
+
+  const bcrypt = await bcryptCeiling();
   progress("baseline: starts, idle RSS");
   const baseline = await timedStarts(baselineLaunch(), STARTS);
   let baselineRss: number;
@@ -584,6 +1072,7 @@ async function main(): Promise<void> {
   }
   const serverLog = tail(await server.service.output);
 
+  const { uploads, busy: uploadsBusy, log: uploadsLog } = await uploadsStage();
   const { files, log: filesLog } = await filesStage();
   const metrics = await metricsStage();
   const realtime = await realtimeStage();
@@ -597,26 +1086,8 @@ async function main(): Promise<void> {
   const pglite = await timedStarts(pgliteLaunch, STARTS);
   await stop(pglite.service.child);
 
-  const againstBaseline = (pair: Pair, note = ""): Measure => ({
-    value: pair.server.requestsPerSec,
-    baseline: pair.baseline.requestsPerSec,
-    wrk: pair.server,
-    note: [
-      note,
-      `median of ratios ${pair.ratios.map((r) => r.toFixed(2)).join(", ")}`,
-      `server ${pair.server.cpuUsPerRequest.toFixed(1)} CPU-µs/req (baseline ${pair.baseline.cpuUsPerRequest.toFixed(1)})`,
-    ]
-      .filter(Boolean)
-      .join("; "),
-  });
-  const mibs = (values: number[]) => values.map((v) => `+${v.toFixed(1)}`).join(", ");
-  const transferNote = ({ median: t, ratios }: { median: { cpuMs: number }; ratios: number[] }, cpu: string) =>
-    `median of ratios ${ratios.map((r) => r.toFixed(2)).join(", ")}; server ${t.cpuMs.toFixed(0)} CPU-ms per file${cpu}`;
-  const filesRows =
-    typeof files === "string"
-      ? { big: files, download: files, list: files, small: files, piledUp: undefined, listed: undefined }
-      : files;
-  const rows = [
+  const filesRows = typeof files === "string" ? { download: files, list: files, listed: undefined } : files;
+  const rows: Row[] = [
     row(
       "a",
       "GET /health/live",
@@ -690,49 +1161,11 @@ async function main(): Promise<void> {
       })),
     ),
     row(
-      "g1",
-      `${BIG_FILE_BYTES / MiB} MiB upload: peak RSS growth`,
-      "MiB",
-      { on: "value", op: "<", limit: 48 },
-      ifMeasured(filesRows.big, (big) => ({
-        value: Math.max(...big.growthMiB),
-        note: `per upload ${mibs(big.growthMiB)} MiB over ${big.rssBeforeMiB.toFixed(1)} MiB (VmRSS every 20 ms + VmHWM); ${big.rssAfterMiB.toFixed(1)} MiB after`,
-      })),
-    ),
-    row(
-      "g2",
-      `${BIG_FILE_BYTES / MiB} MiB upload (curl -F) vs cp`,
-      "MiB/s",
-      { on: "ratio", op: ">=", limit: 0.5 },
-      ifMeasured(filesRows.big, ({ transfers, ceilings }) => ({
-        value: transfers.median.mibPerSec,
-        baseline: transfers.median.baselineMibPerSec,
-        note: `${transferNote(transfers, "")}; ceilings vs cp: SHA-256 alone in one process ${ceilings.sha256.toFixed(2)}, a bare Bun.serve reading the same upload ${ceilings.bareUpload.toFixed(2)}`,
-      })),
-    ),
-    row(
       "g3",
       `${BIG_FILE_BYTES / MiB} MiB download vs bare Bun.file`,
       "MiB/s",
       { on: "ratio", op: ">=", limit: 0.8 },
-      ifMeasured(filesRows.download, (download) => ({
-        value: download.median.mibPerSec,
-        baseline: download.median.baselineMibPerSec,
-        note: transferNote(download, ` (baseline ${download.median.baselineCpuMs?.toFixed(0)})`),
-      })),
-    ),
-    row(
-      "g4",
-      `POST /uploads 10 KiB, ${SMALL_UPLOAD_SHAPE.connections} conns`,
-      "req/s",
-      { on: "report" },
-      ifMeasured(filesRows.small, (small) =>
-        againstBaseline(
-          small,
-          filesRows.piledUp &&
-            `vs a bare POST reading its body; ${filesRows.piledUp.rows} files piled up (${filesRows.piledUp.objects.count} objects in ${filesRows.piledUp.objects.folders} shard folders, fullest ${filesRows.piledUp.objects.fullest}; ${filesRows.piledUp.objects.temporaries} temporaries)`,
-        ),
-      ),
+      ifMeasured(filesRows.download, (download) => transferAgainst(download)),
     ),
     row(
       "g5",
@@ -746,6 +1179,7 @@ async function main(): Promise<void> {
         note: `${filesRows.listed?.files} files (${filesRows.listed?.seeded} by SQL); ${list.server.requestsPerSec.toFixed(0)} req/s at ${LIST_SHAPE.connections} conns; server ${list.server.cpuUsPerRequest.toFixed(1)} CPU-µs/req (baseline /health/live ${list.baseline.cpuUsPerRequest.toFixed(1)})`,
       })),
     ),
+    ...uploadRows(uploads, uploadsBusy, node),
     row(
       "m",
       "GET /health/live, metrics on vs off",
@@ -822,8 +1256,40 @@ async function main(): Promise<void> {
         note: `4 connections; p99 ${ms(big.server.p99Ms)} scanning (${ms(big.baseline.p99Ms)} without); median of ratios ${big.ratios.map((r) => r.toFixed(2)).join(", ")}; server ${(big.server.cpuUsPerRequest / 1000).toFixed(1)} CPU-ms/upload (${(big.baseline.cpuUsPerRequest / 1000).toFixed(1)} without)`,
       })),
     ),
-  ];
+  ].sort((a, b) => a.id.localeCompare(b.id, "en", { numeric: true }));
 
+  report(
+    cpuAtStart,
+    rows,
+    {
+      bcrypt,
+      startupMs: {
+        baseline: baseline.samples,
+        postgres: server.samples,
+        pgliteInit: pgliteInit.readyMs,
+        pglite: pglite.samples,
+      },
+      rssMb: { baseline: baselineRss, postgres: serverRss },
+      wrk: { live, ...auth },
+      uploads,
+      uploadsBusy,
+      files,
+      metrics,
+      realtime,
+      storage,
+      antivirus,
+    },
+    { server: serverLog, "upload servers": uploadsLog, "files server": filesLog },
+  );
+}
+
+/** Prints the table (and the servers' output tails) and writes bench/results/latest.json. */
+function report(
+  cpuAtStart: ReturnType<typeof cpuTicks>,
+  rows: Row[],
+  raw: Record<string, unknown>,
+  logs: Record<string, string>,
+): void {
   const durationSeconds = (performance.now() - benchStart) / 1000;
   const { stores: storesCpu, other: otherCpu } = foreignCpuShare(cpuAtStart);
   const machine = {
@@ -833,34 +1299,18 @@ async function main(): Promise<void> {
     postgresRedisCpuShare: storesCpu,
   };
   console.log(
-    `\nReViewPoint bench: ${machine.cores} cores, Bun ${machine.bun}, Postgres, Redis and clamd used ${(storesCpu * 100).toFixed(0)}% of the CPU, other processes ${(otherCpu * 100).toFixed(0)}%, ${durationSeconds.toFixed(0)} s\n`,
+    `\nReViewPoint bench${ONLY_UPLOADS ? " (upload rows only)" : ""}: ${machine.cores} cores, Bun ${machine.bun}, Postgres, Redis and clamd used ${percent(storesCpu)} of the CPU, other processes ${percent(otherCpu)}, ${durationSeconds.toFixed(0)} s\n`,
   );
   console.log(formatTable(rows));
   if (otherCpu > OTHER_CPU_WARNING) {
-    console.log(`\nWARNING: other processes used ${(otherCpu * 100).toFixed(0)}% of the CPU; every row is distorted.`);
+    console.log(`\nWARNING: other processes used ${percent(otherCpu)} of the CPU; every row is distorted.`);
   }
-  if (serverLog) console.log(`\nserver output (tail):\n${serverLog}`);
-  if (filesLog) console.log(`\nfiles server output (tail):\n${filesLog}`);
+  for (const [name, log] of Object.entries(logs)) if (log) console.log(`\n${name} output (tail):\n${log}`);
 
   mkdirSync(join(import.meta.dir, "results"), { recursive: true });
-  const raw = {
-    bcrypt,
-    startupMs: {
-      baseline: baseline.samples,
-      postgres: server.samples,
-      pgliteInit: pgliteInit.readyMs,
-      pglite: pglite.samples,
-    },
-    rssMb: { baseline: baselineRss, postgres: serverRss },
-    wrk: { live, ...auth },
-    files,
-    metrics,
-    realtime,
-    storage,
-    antivirus,
-  };
-  const report = { date: new Date().toISOString(), machine, durationSeconds, rows, raw };
-  writeFileSync(RESULTS, `${JSON.stringify(report, null, 2)}\n`);
+  const only = ONLY_UPLOADS ? "uploads" : undefined;
+  const results = { date: new Date().toISOString(), only, machine, durationSeconds, rows, raw };
+  writeFileSync(RESULTS, `${JSON.stringify(results, null, 2)}\n`);
   console.log(`\nwritten to ${RESULTS}`);
 }
 

@@ -1,8 +1,10 @@
+import { join } from "node:path";
 import { Elysia } from "elysia";
 import { type Config, type StorageSetting, VERSION } from "./config";
 import type { Database } from "./db/client";
 import { authGuard } from "./http/auth";
-import { bodyParser } from "./http/body";
+import { bodyParser, type RouteBodies } from "./http/body";
+import { requestOrigin } from "./http/client";
 import { cors } from "./http/cors";
 import { docsRoutes } from "./http/docs";
 import { errorMapper } from "./http/errors";
@@ -13,6 +15,7 @@ import { openapiRoute } from "./http/openapi";
 import { rateLimits } from "./http/rate-limit";
 import { requestId } from "./http/request-id";
 import { requestMetaReader } from "./http/request-meta";
+import { ROUTER_OPTIONS, requestTarget } from "./http/request-target";
 import { securityHeaders } from "./http/security-headers";
 import { createAuditRepo } from "./modules/audit/repo";
 import { auditRoutes } from "./modules/audit/routes";
@@ -31,12 +34,14 @@ import { createAuthService } from "./modules/auth/service";
 import { createSessions } from "./modules/auth/sessions";
 import { createTokenService } from "./modules/auth/tokens";
 import { createVerificationRepo } from "./modules/auth/verification-repo";
+import { createShareLinksRepo } from "./modules/files/links-repo";
 import { createFilesRepo } from "./modules/files/repo";
 import { createResumable } from "./modules/files/resumable";
 import { createResumableRepo } from "./modules/files/resumable-repo";
-import { RESUMABLE_PATHS, resumableRoutes, tusProtocol } from "./modules/files/resumable-routes";
-import { filesRoutes, UPLOAD_PATHS } from "./modules/files/routes";
+import { resumableRoutes, tusProtocol } from "./modules/files/resumable-routes";
+import { filesRoutes } from "./modules/files/routes";
 import { createFilesService } from "./modules/files/service";
+import { createSpool } from "./modules/files/spool";
 import { healthRoutes } from "./modules/health/routes";
 import { createHealthService } from "./modules/health/service";
 import { realtimeRoutes, websocketOptions } from "./modules/realtime/routes";
@@ -86,8 +91,6 @@ export interface AppDeps {
 export const API_PREFIX = "/api/v1";
 /** Routes that also take an HTML form (the OAuth2 password flow of the docs' Authorize button). */
 const FORM_ROUTES = [`${API_PREFIX}/auth/login`];
-/** Routes that stream their bodies themselves. */
-const STREAM_ROUTES = [...UPLOAD_PATHS, ...RESUMABLE_PATHS].map((path) => `${API_PREFIX}${path}`);
 
 const DOCUMENTATION = {
   info: {
@@ -118,6 +121,9 @@ const DOCUMENTATION = {
 export function openStorage(setting: StorageSetting): ObjectStorage {
   return setting.kind === "s3" ? s3Storage(setting) : diskStorage(setting.dir);
 }
+
+/** Where S3 downloads wait to be sent with their length (proxy mode); created on first use. */
+export const spoolDir = (config: Pick<Config, "DATA_DIR">) => join(config.DATA_DIR, "download-spool");
 
 /** The application's services, wired once; the CLI uses them without HTTP. */
 export function createServices(deps: AppDeps) {
@@ -158,11 +164,23 @@ export function createServices(deps: AppDeps) {
         })
       : undefined);
   const antivirus = scanner && { scanner, required: !config.CLAMAV_FAIL_OPEN };
+  const audit = createAuditLog({
+    repo: createAuditRepo(db.orm),
+    enabled: config.AUDIT_ENABLED,
+    retentionDays: config.AUDIT_RETENTION_DAYS,
+    logger,
+    orm: db.orm,
+  });
   const filesRepo = createFilesRepo(db.orm);
   const storage = deps.storage ?? openStorage(config.storage);
   const files = createFilesService({
     repo: filesRepo,
+    links: createShareLinksRepo(db.orm),
     storage,
+    s3Delivery: {
+      spool: createSpool(spoolDir(config)),
+      presignSeconds: config.S3_DOWNLOAD_MODE === "redirect" ? config.S3_PRESIGN_SECONDS : undefined,
+    },
     config: {
       maxBytes: config.MAX_UPLOAD_SIZE,
       allowedTypes: config.allowedFileTypes,
@@ -175,6 +193,7 @@ export function createServices(deps: AppDeps) {
     metrics,
     notify: realtime.notify,
     antivirus: antivirus && { scanner: antivirus.scanner, failOpen: !antivirus.required },
+    audit,
   });
   const resumable = createResumable({
     repo: createResumableRepo(db.orm),
@@ -193,13 +212,6 @@ export function createServices(deps: AppDeps) {
   const mailer =
     deps.mailer ??
     createMailer({ smtpUrl: config.SMTP_URL, from: config.MAIL_FROM, environment: config.ENVIRONMENT, logger });
-  const audit = createAuditLog({
-    repo: createAuditRepo(db.orm),
-    enabled: config.AUDIT_ENABLED,
-    retentionDays: config.AUDIT_RETENTION_DAYS,
-    logger,
-    orm: db.orm,
-  });
   const verification = createEmailVerification({
     repo: createVerificationRepo(db.orm),
     audit,
@@ -301,13 +313,15 @@ export function createApp(deps: AppDeps, services: Services = createServices(dep
     (observer): observer is RequestObserver => observer !== undefined,
   );
 
-  const app = new Elysia({ websocket: websocketOptions(config.WS_IDLE_TIMEOUT_SECONDS) })
+  const app = new Elysia({ ...ROUTER_OPTIONS, websocket: websocketOptions(config.WS_IDLE_TIMEOUT_SECONDS) })
     // On the root app: a plugin's start hook inside a group is never called. Delivery needs the server.
     .onStart(({ server }) => {
       if (server) void realtime.start(server);
     })
     .use(errorMapper(logger))
     .use(requestId())
+    // Before every hook that reads the path: a request whose path cannot be found is refused here.
+    .use(requestTarget())
     .use(securityHeaders(config.TRUST_PROXY))
     // CORS before the limiter, so a browser can read a 429 too; it answers preflights itself.
     .use(cors(config.allowedOrigins))
@@ -316,7 +330,7 @@ export function createApp(deps: AppDeps, services: Services = createServices(dep
     .use(observability(observers))
     // Before the limiter: every answer under the tus path, a 429 too, says Tus-Resumable.
     .use(tusProtocol(API_PREFIX))
-    .use(bodyParser({ formRoutes: FORM_ROUTES, streamRoutes: STREAM_ROUTES }))
+    .use(bodyParser({ formRoutes: FORM_ROUTES, app: (): RouteBodies => app }))
     .use(limits.perRequest)
     .use(docsRoutes)
     .group(API_PREFIX, (api) =>
@@ -327,8 +341,17 @@ export function createApp(deps: AppDeps, services: Services = createServices(dep
         .use(mfaRoutes({ mfa, guard, meta }))
         .use(passkeyRoutes({ passkeys, guard, limits: limits.perRoute, meta }))
         .use(usersRoutes({ users, guard, meta }))
-        .use(resumableRoutes({ resumable, guard, limits: limits.perRoute, apiPrefix: API_PREFIX }))
-        .use(filesRoutes({ files, guard, limits: limits.perRoute }))
+        .use(resumableRoutes({ resumable, guard, limits: limits.perRoute, meta, apiPrefix: API_PREFIX }))
+        .use(
+          filesRoutes({
+            files,
+            guard,
+            limits: limits.perRoute,
+            meta,
+            linkBase: (request) =>
+              `${config.PUBLIC_URL ?? requestOrigin(request, config.TRUST_PROXY)}${API_PREFIX}/shared/`,
+          }),
+        )
         .use(realtimeRoutes({ realtime, authenticate: auth.authenticate, guard, logger }))
         .use(auditRoutes({ audit, guard })),
     );

@@ -81,7 +81,19 @@ const EnvSchema = T.Object({
   S3_REGION: T.Optional(T.String({ minLength: 1 })),
   S3_ACCESS_KEY_ID: T.Optional(T.String({ minLength: 1 })),
   S3_SECRET_ACCESS_KEY: T.Optional(T.String({ minLength: 1 })),
+  // proxy: the bytes pass through this server; redirect: a 302 to a presigned URL of the bucket.
+  S3_DOWNLOAD_MODE: T.Union([T.Literal("proxy"), T.Literal("redirect")], { default: "proxy" }),
+  // S3 accepts presigned URLs for at most 7 days.
+  S3_PRESIGN_SECONDS: T.Integer({ minimum: 1, maximum: 604_800, default: 300 }),
+  // Where clients reach this server (share links are built on it); no query or fragment.
+  PUBLIC_URL: T.Optional(T.String({ pattern: "^https?://[^/?#\\s]+(/[^?#\\s]*)?$" })),
   DB_POOL_MAX: T.Integer({ minimum: 1, maximum: 200, default: 10 }),
+  // One attempt to open a Postgres connection.
+  DB_CONNECT_TIMEOUT_MS: T.Integer({ minimum: 100, maximum: 60_000, default: 2000 }),
+  // A query's wait for a free connection while the database answers (a saturated pool); then 503.
+  DB_POOL_TIMEOUT_MS: T.Integer({ minimum: 100, maximum: 60_000, default: 3000 }),
+  // A request's wait on a database that does not answer; then 503, and requests are refused until it answers.
+  DB_UNAVAILABLE_MS: T.Integer({ minimum: 100, maximum: 60_000, default: 2000 }),
   SHUTDOWN_TIMEOUT_SECONDS: T.Integer({ minimum: 0, maximum: 600, default: 10 }),
   METRICS_ENABLED: T.Boolean({ default: true }),
   // The characters a bearer token may have (RFC 6750), so a token with a space fails here, not at every scrape.
@@ -380,6 +392,7 @@ export function loadConfig(raw: Record<string, string | undefined>, options = { 
   }
   return {
     ...rest,
+    PUBLIC_URL: env.PUBLIC_URL?.replace(/\/+$/, ""),
     DATA_DIR: dataDir,
     databaseUrl,
     secretKey: resolveSecret(env, dataDir, options.keepSecret),

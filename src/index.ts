@@ -3,15 +3,16 @@ import { rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { Value } from "@sinclair/typebox/value";
-import { createApp, createServices, listenOptions, openStorage } from "./app";
+import { createApp, createServices, listenOptions, openStorage, spoolDir } from "./app";
 import { COMMIT, type Config, ConfigError, loadConfig, readEnvironment, VERSION } from "./config";
-import { connectPostgres, type Database, openPglite } from "./db/client";
+import { connectPostgres, type Database, openPglite, postgresOptions } from "./db/client";
 import { runMigrations } from "./db/migrate";
 import { AppError } from "./http/errors";
 import { backupFileName, fileSystemProblem, writeNewFile } from "./modules/backup/files";
 import { BackupError } from "./modules/backup/model";
 import { startBackupSchedule } from "./modules/backup/schedule";
 import { openArchive, restoreArchive } from "./modules/backup/service";
+import { createSpool } from "./modules/files/spool";
 import { CLOSE_GOING_AWAY } from "./modules/realtime/service";
 import { AdminCreateBody } from "./modules/users/model";
 import { COMMAND_LINE } from "./modules/users/service";
@@ -48,7 +49,16 @@ Options:
 Configuration comes from the environment and config/.env (the environment wins);
 see the README for every variable.`;
 
-const ORPHAN_AGE_MS = 3_600_000;
+const SWEEP_INTERVAL_MS = 10 * 60_000;
+/** Any constant shared by every instance; it names the sweep's lock in pg_locks. */
+const SWEEP_LOCK_KEY = 7_240_312;
+/**
+ * A temporary without a row older than this is dead: no upload lasts longer than UPLOAD_TIMEOUT_SECONDS
+ * and its scan, plus a margin (an S3 marker is dated from the upload's start).
+ */
+const orphanAge = (config: Config) => (config.UPLOAD_TIMEOUT_SECONDS + 600) * 1000 + config.CLAMAV_TIMEOUT_MS;
+/** A spooled download older than this was left by a crash. */
+const SPOOL_ORPHAN_AGE_MS = 3_600_000;
 /** After the shutdown timeout, how long requests told to stop get to send their 503. */
 const FINAL_ANSWERS_MS = 1000;
 
@@ -56,8 +66,8 @@ const BUILD = { version: VERSION, commit: COMMIT };
 const pgdataOf = (config: Config) => join(config.DATA_DIR, "pgdata");
 
 /** Postgres, or the embedded database under DATA_DIR's lock (released when it is closed). */
-async function openDatabase(config: Config): Promise<Database> {
-  if (config.databaseUrl) return connectPostgres({ url: config.databaseUrl, max: config.DB_POOL_MAX });
+async function openDatabase(config: Config, logger: Logger): Promise<Database> {
+  if (config.databaseUrl) return connectPostgres(postgresOptions(config.databaseUrl, config, logger));
   const lock = lockDataDir(config.DATA_DIR);
   try {
     const db = await openPglite(pgdataOf(config));
@@ -96,7 +106,7 @@ async function backupCommand(config: Config, logger: Logger, output: string | un
   let stream: ReadableStream<Uint8Array>;
   let db: Database | undefined;
   try {
-    db = await openDatabase(config);
+    db = await openDatabase(config, logger);
     stream = (await openArchive({ db, storage: diskStorage(config.uploadDir), dataDir: config.DATA_DIR, build: BUILD }))
       .stream;
   } catch (error) {
@@ -154,7 +164,7 @@ async function restoreCommand(config: Config, logger: Logger, file: string | und
 }
 
 async function migrateCommand(config: Config, logger: Logger) {
-  const db = await openDatabase(config);
+  const db = await openDatabase(config, logger);
   try {
     const applied = await runMigrations(db);
     logger.info("migrations applied", { applied, database: db.kind });
@@ -179,7 +189,7 @@ async function createAdminCommand(config: Config, logger: Logger, username?: str
     const rule = (problem.schema as { error?: string }).error ?? problem.message;
     throw new ConfigError(`create-admin: ${field}: ${rule}`);
   }
-  const db = await openDatabase(config);
+  const db = await openDatabase(config, logger);
   try {
     await runMigrations(db);
     const { users } = createServices({ config, db, kv: new MemoryStore(), logger });
@@ -195,7 +205,7 @@ async function createAdminCommand(config: Config, logger: Logger, username?: str
 
 async function serveCommand(config: Config, logger: Logger) {
   const startedAt = Date.now();
-  const db = await openDatabase(config);
+  const db = await openDatabase(config, logger);
   const [applied, kv, pubsub] = await Promise.all([
     runMigrations(db),
     createStore(config.REDIS_URL, logger),
@@ -207,15 +217,22 @@ async function serveCommand(config: Config, logger: Logger) {
   const stopWaiting = new AbortController();
   const deps = { config, db, kv, pubsub, logger, startedAt, inFlight, storage, shutdown: stopWaiting.signal };
   const services = createServices(deps);
-  // What uploads cut short by a crash left behind; an upload in flight elsewhere is never this old.
-  services.files
-    .recover(ORPHAN_AGE_MS)
-    .then((done) => (done.committed || done.removed) && logger.info("recovered temporary uploads", done))
-    .catch((error: Error) => logger.warn("recovery of temporary uploads failed", { error: error.message }));
+  // What uploads cut short by a crash or a lost connection left behind, at start and every few minutes.
+  const stopSweep = services.files.startSweep({
+    everyMs: SWEEP_INTERVAL_MS,
+    orphanAgeMs: orphanAge(config),
+    exclusive: (work) => db.whenFree(SWEEP_LOCK_KEY, work),
+  });
+  // S3 downloads a crash left in the spool (a download in progress is never this old).
+  createSpool(spoolDir(config))
+    .sweep(SPOOL_ORPHAN_AGE_MS)
+    .then((removed) => removed > 0 && logger.info("removed spooled downloads left by a crash", { removed }))
+    .catch((error: Error) => logger.warn("sweeping spooled downloads failed", { error: error.message }));
   // Every instance runs it; a lock in the database lets one prune at a time.
   const stopRetention = services.audit.startRetention();
-  // Expired resumable uploads and their bytes; the same database lock lets one instance sweep at a time.
-  const stopSweep = services.resumable.startSweep();
+  const stopPruning = services.files.startPruning();
+  // Expired resumable uploads and their bytes; a database lock lets one instance sweep them at a time.
+  const stopResumableSweep = services.resumable.startSweep();
   const app = createApp(deps, services).listen(listenOptions(config));
   // With the embedded database this process holds DATA_DIR: backups are made here, on request or on schedule.
   const archive = async () => (await openArchive({ db, storage, dataDir: config.DATA_DIR, build: BUILD })).stream;
@@ -263,7 +280,9 @@ async function serveCommand(config: Config, logger: Logger) {
     stopSchedule?.();
     control?.stop();
     stopRetention();
+    stopPruning();
     stopSweep();
+    stopResumableSweep();
     // Then close what is left: idle keep-alive sockets, and those whose unread body Bun holds after an
     // early answer (an oversize upload from a keep-alive client), which a graceful stop waits on forever.
     await server.stop(true);

@@ -137,6 +137,20 @@ describe("configuration", () => {
     expect(loadConfig({ ...production, SMTP_URL: "smtp://mail.example.com:587" }).REQUIRE_VERIFIED_EMAIL).toBe(true);
   });
 
+  test("downloads and links: proxy by default, presigned URLs for 300 s, PUBLIC_URL without its trailing slash", () => {
+    const config = loadConfig(TEST_ENV);
+    expect([config.S3_DOWNLOAD_MODE, config.S3_PRESIGN_SECONDS, config.PUBLIC_URL]).toEqual(["proxy", 300, undefined]);
+    const set = loadConfig({ ...TEST_ENV, S3_DOWNLOAD_MODE: "redirect", PUBLIC_URL: "https://files.example.com/api/" });
+    expect([set.S3_DOWNLOAD_MODE, set.PUBLIC_URL]).toEqual(["redirect", "https://files.example.com/api"]);
+    expect(fail({ ...TEST_ENV, S3_DOWNLOAD_MODE: "stream" })).toBe(
+      'config: S3_DOWNLOAD_MODE must be one of proxy|redirect (got "stream")',
+    );
+    expect(fail({ ...TEST_ENV, S3_PRESIGN_SECONDS: "604801" })).toStartWith("config: S3_PRESIGN_SECONDS");
+    for (const bad of ["files.example.com", "https://files.example.com/?x=1", "ftp://files.example.com"]) {
+      expect(fail({ ...TEST_ENV, PUBLIC_URL: bad })).toStartWith("config: PUBLIC_URL");
+    }
+  });
+
   test("config/.env is read and the environment wins over it", () => {
     const dir = mkdtempSync(join(tmpdir(), "rp-dotenv-"));
     mkdirSync(join(dir, "config"));

@@ -14,6 +14,11 @@ export interface TestBucket {
   openMultipartUploads(prefix: string): number;
   /** Sets an object's Last-Modified (s3rver reads it from its file's mtime). */
   backdate(path: string, when: Date): void;
+  /** Freezes (SIGSTOP) or thaws (SIGCONT) the server: a bucket that hangs. */
+  signal(signal: "SIGSTOP" | "SIGCONT"): void;
+  /** Kills the server (by PID) as a crash would, keeping its data; `restart()` serves it again on the same port. */
+  kill(): Promise<void>;
+  restart(): Promise<void>;
   /** Stops the server (by PID) and removes its data. */
   stop(): Promise<void>;
 }
@@ -22,12 +27,12 @@ const BUCKET = "reviewpoint-test";
 // s3rver's fixed credentials.
 const CREDENTIALS = { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" };
 /**
- * s3rver on a port of its choosing; it says which. When its stdin closes it removes its data and exits,
- * so it never outlives the test process (bun test fires no "exit" event for a hook to kill it).
+ * s3rver on the given port, or one of its choosing (0); it says which. When its stdin closes it removes its
+ * data and exits, so it never outlives the test process (bun test fires no "exit" event for a hook to kill it).
  */
 const LAUNCHER = `
 const S3rver = require(process.argv[1]);
-new S3rver({ address: "127.0.0.1", port: 0, directory: process.argv[2], silent: true,
+new S3rver({ address: "127.0.0.1", port: Number(process.argv[4]), directory: process.argv[2], silent: true,
   configureBuckets: [{ name: process.argv[3], configs: [] }] })
   .run().then(({ port }) => console.log("listening on " + port));
 process.stdin.on("end", () => {
@@ -36,25 +41,31 @@ process.stdin.on("end", () => {
 }).resume();
 `;
 
-export async function startTestBucket(): Promise<TestBucket> {
-  const dir = mkdtempSync(join(tmpdir(), "rp-s3rver-"));
+/** Runs s3rver over `dir` on `port` (0: any); resolves once it listens, with its process and port. */
+async function launch(dir: string, port: number) {
   // Node when present (s3rver's own runtime); it also runs under Bun.
   const runtime = Bun.which("node") ?? process.execPath;
-  const server = Bun.spawn([runtime, "-e", LAUNCHER, require.resolve("s3rver"), dir, BUCKET], {
+  const server = Bun.spawn([runtime, "-e", LAUNCHER, require.resolve("s3rver"), dir, BUCKET, String(port)], {
     stdin: "pipe",
     stdout: "pipe",
     stderr: "pipe",
   });
   const reader = server.stdout.getReader();
   let said = "";
-  let port: string | undefined;
-  while (!port) {
+  let listening: string | undefined;
+  while (!listening) {
     const { value, done } = await reader.read();
     if (done) throw new Error(`s3rver did not start: ${await new Response(server.stderr).text()}`);
     said += new TextDecoder().decode(value);
-    port = said.match(/listening on (\d+)/)?.[1];
+    listening = said.match(/listening on (\d+)/)?.[1];
   }
   reader.releaseLock();
+  return { server, port: Number(listening) };
+}
+
+export async function startTestBucket(): Promise<TestBucket> {
+  const dir = mkdtempSync(join(tmpdir(), "rp-s3rver-"));
+  let { server, port } = await launch(dir, 0);
   const endpoint = `http://127.0.0.1:${port}`;
 
   return {
@@ -73,6 +84,14 @@ export async function startTestBucket(): Promise<TestBucket> {
     },
     backdate(path, when) {
       utimesSync(join(dir, BUCKET, `${path}._S3rver_object`), when, when);
+    },
+    signal: (signal) => server.kill(signal),
+    async kill() {
+      server.kill("SIGKILL");
+      await server.exited;
+    },
+    async restart() {
+      ({ server, port } = await launch(dir, port));
     },
     async stop() {
       server.kill("SIGKILL");

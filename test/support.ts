@@ -1,5 +1,6 @@
 import { expect } from "bun:test";
-import { copyFileSync, linkSync, mkdtempSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, linkSync, mkdtempSync, rmSync } from "node:fs";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { eq, sql } from "drizzle-orm";
@@ -63,7 +64,7 @@ export function testDatabase(): Promise<Database> {
 export async function truncateAll(db: Database): Promise<void> {
   await db.orm.execute(
     sql`truncate table users, files, auth_sessions, revoked_tokens, used_password_reset_tokens, email_verifications,
-      user_mfa, mfa_recovery_codes, used_mfa_tokens, passkeys, webauthn_challenges, audit_events restart identity cascade`,
+      user_mfa, mfa_recovery_codes, used_mfa_tokens, passkeys, webauthn_challenges, audit_events, share_links, idempotency_keys restart identity cascade`,
   );
 }
 
@@ -249,6 +250,51 @@ export function expectUnauthorized(res: { status: number; json: any; headers: He
   expect(res.headers.get("www-authenticate")).toBe("Bearer");
 }
 
+/** What came back over a raw socket: the status line's code, the headers (lower-case names) and the body. */
+export interface RawResponse {
+  status: number;
+  headers: Record<string, string>;
+  body: string;
+  json: any;
+}
+
+/**
+ * Sends `request` byte for byte over a new TCP connection, as no HTTP client would (a made-up Host, a
+ * malformed head), and reads until the server closes (send `Connection: close`) or `ms` pass.
+ */
+export function rawHttp(port: number, request: string | Uint8Array, ms = 5000): Promise<RawResponse> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const socket = net.connect(port, "127.0.0.1", () => socket.write(request));
+    const timer = setTimeout(() => socket.destroy(new Error(`no end of response within ${ms} ms`)), ms);
+    socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+    socket.on("error", (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+    socket.on("close", () => {
+      clearTimeout(timer);
+      const bytes = Buffer.concat(chunks);
+      const end = bytes.indexOf("\r\n\r\n");
+      const head = bytes.subarray(0, end === -1 ? undefined : end).toString("latin1");
+      const [statusLine = "", ...lines] = head.split("\r\n");
+      const headers: Record<string, string> = {};
+      for (const line of lines) {
+        const colon = line.indexOf(":");
+        headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+      }
+      const body = end === -1 ? "" : bytes.subarray(end + 4).toString("utf8");
+      let json: any;
+      try {
+        json = body ? JSON.parse(body) : undefined;
+      } catch {
+        json = undefined;
+      }
+      resolve({ status: Number(statusLine.split(" ")[1]), headers, body, json });
+    });
+  });
+}
+
 /** A port nobody listens on right now. */
 export function freePort(): number {
   const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
@@ -334,16 +380,22 @@ export function buildBinary(): Promise<void> {
   return built;
 }
 
-/** A new empty folder outside the checkout holding the binary, as an operator copies it to a VM. */
+/**
+ * A new empty folder outside the checkout, for the binary as an operator copies it to a VM. The binary
+ * goes in at the first `runShipped` (after `buildBinary`, which describe-time callers precede).
+ */
 export function operatorDir(prefix = "rp-bin-"): string {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+function installBinary(dir: string): void {
   const target = join(dir, "reviewpoint");
+  if (existsSync(target)) return;
   try {
     linkSync(BINARY, target);
   } catch {
     copyFileSync(BINARY, target);
   }
-  return dir;
 }
 
 export interface ShippedOptions {
@@ -360,6 +412,7 @@ export interface ShippedOptions {
  * is the binary itself (sh execs it): signals reach it directly.
  */
 export function runShipped(dir: string, args: string[], options: ShippedOptions = {}) {
+  installBinary(dir);
   const script = `mount -t tmpfs none "$0" && ${options.setup ? `${options.setup} && ` : ""}exec "$@"`;
   return Bun.spawn(["unshare", "-m", "sh", "-c", script, REPO_ROOT, "./reviewpoint", ...args], {
     cwd: dir,

@@ -9,6 +9,9 @@ import postgres from "postgres";
 import initdbWasmPath from "../../node_modules/@electric-sql/pglite/dist/initdb.wasm" with { type: "file" };
 import pgliteDataPath from "../../node_modules/@electric-sql/pglite/dist/pglite.data" with { type: "file" };
 import pgliteWasmPath from "../../node_modules/@electric-sql/pglite/dist/pglite.wasm" with { type: "file" };
+import type { Config } from "../config";
+import type { Logger } from "../platform/logger";
+import { type Admission, createAdmission } from "./admission";
 import * as schema from "./schema";
 
 /** Both drivers expose the same query builder; repos are written against this one type. */
@@ -34,20 +37,31 @@ export interface Database {
   pool: PoolUsage;
   /** Runs `work` while holding a cluster-wide lock (a Postgres advisory lock on one connection). */
   exclusive<T>(lockKey: number, work: (orm: Orm) => Promise<T>): Promise<T>;
+  /**
+   * Runs `work` unless another instance holds `lockKey` (then undefined): periodic jobs that one instance
+   * at a time should do. The embedded database has one process, so it just runs.
+   */
+  whenFree<T>(lockKey: number, work: () => Promise<T>): Promise<T | undefined>;
   close(): Promise<void>;
 }
 
 export interface PostgresOptions {
   url: string;
   max: number;
-  connectTimeoutSeconds?: number;
+  /** One connection attempt at most (DB_CONNECT_TIMEOUT_MS). */
+  connectTimeoutMs?: number;
+  /** The longest a query waits for a free connection while the database answers (DB_POOL_TIMEOUT_MS). */
+  poolTimeoutMs?: number;
+  /** How soon requests learn that the database does not answer (DB_UNAVAILABLE_MS). */
+  unavailableMs?: number;
+  /** Told when the database stops answering and when it answers again. */
+  onAvailabilityChange?: (up: boolean) => void;
 }
 
 /**
- * What Drizzle is handed instead of the driver's client: the client itself (as prototype) with the two kinds
- * of call Drizzle makes counted: a query (`unsafe`/`query`) and a transaction (`begin`/`transaction`, whose
- * inner queries run on the transaction's own client). Not patched into the client, whose own inner calls
- * (postgres.js sends BEGIN through `unsafe`) would then count twice.
+ * What Drizzle is handed instead of PGlite's client: the client itself (as prototype) with the two kinds of
+ * call Drizzle makes counted: a query (`query`) and a transaction (`transaction`, whose inner queries run on
+ * the transaction's own client).
  */
 function counted<C extends object>(client: C, size: number, methods: (keyof C)[]): { client: C; pool: PoolUsage } {
   const pool = { size, active: 0 };
@@ -61,8 +75,6 @@ function counted<C extends object>(client: C, size: number, methods: (keyof C)[]
       value: (...args: unknown[]) => {
         const work = original(...args);
         pool.active++;
-        // A postgres.js query starts on its first `then`; Drizzle awaits each at once, and `.values()`, which it
-        // calls right after `unsafe`, still applies (the query is sent a microtask later).
         work.then(release, release);
         return work;
       },
@@ -71,18 +83,87 @@ function counted<C extends object>(client: C, size: number, methods: (keyof C)[]
   return { client: facade, pool };
 }
 
+/** The pool's settings from the configuration; the database going away and coming back is logged once each. */
+export function postgresOptions(
+  url: string,
+  config: Pick<Config, "DB_POOL_MAX" | "DB_CONNECT_TIMEOUT_MS" | "DB_POOL_TIMEOUT_MS" | "DB_UNAVAILABLE_MS">,
+  logger: Logger,
+): PostgresOptions {
+  return {
+    url,
+    max: config.DB_POOL_MAX,
+    connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
+    poolTimeoutMs: config.DB_POOL_TIMEOUT_MS,
+    unavailableMs: config.DB_UNAVAILABLE_MS,
+    onAvailabilityChange: (up) =>
+      up
+        ? logger.info("database answers again")
+        : logger.error("database unavailable: requests that need it get 503 until it answers"),
+  };
+}
+
+/**
+ * The driver's client with its two entry points for Drizzle (a query, `unsafe`, and a transaction, `begin`)
+ * passed through the admission; queries inside a transaction run on its own client, already admitted.
+ * Not patched into the client, whose own inner calls (postgres.js sends BEGIN through `unsafe`) would then be
+ * admitted twice.
+ */
+function admitted(client: postgres.Sql, admission: Admission): postgres.Sql {
+  const facade = Object.create(client) as postgres.Sql;
+  Object.defineProperty(facade, "unsafe", {
+    // Drizzle calls `.values()` on the query at once (rows as arrays), then awaits it; the driver's query is
+    // made only once admitted (it is sent on its first `then`).
+    value: (...args: Parameters<postgres.Sql["unsafe"]>) => {
+      let asArrays = false;
+      const result = admission.run(() => {
+        const query = client.unsafe(...args);
+        return asArrays ? query.values() : query;
+      });
+      return Object.assign(result, {
+        values() {
+          asArrays = true;
+          return result;
+        },
+      });
+    },
+  });
+  Object.defineProperty(facade, "begin", {
+    value: (...args: Parameters<postgres.Sql["begin"]>) => admission.run(() => client.begin(...args)),
+  });
+  return facade;
+}
+
 export function connectPostgres(options: PostgresOptions): Database {
+  const connectTimeoutMs = options.connectTimeoutMs ?? 2000;
   const client = postgres(options.url, {
     max: options.max,
     idle_timeout: 30,
-    connect_timeout: options.connectTimeoutSeconds ?? 5,
+    connect_timeout: connectTimeoutMs / 1000,
+    // The driver waits up to 20 s between attempts after repeated failures, and a query that needs a
+    // connection waits with it: the admission's probe paces the attempts instead.
+    backoff: () => 0,
     onnotice: () => {},
   });
-  const { client: countedClient, pool } = counted(client, options.max, ["unsafe", "begin"]);
+  // The probe's own connection, opened only while it probes: a pool held by long queries still gets an answer.
+  const prober = postgres(options.url, {
+    max: 1,
+    idle_timeout: 1,
+    connect_timeout: connectTimeoutMs / 1000,
+    backoff: () => 0,
+    onnotice: () => {},
+  });
+  const admission = createAdmission({
+    size: options.max,
+    poolTimeoutMs: options.poolTimeoutMs ?? 3000,
+    unavailableMs: options.unavailableMs ?? 2000,
+    probe: () => prober`select 1`,
+    probeTimeoutMs: connectTimeoutMs,
+    onChange: options.onAvailabilityChange,
+  });
   return {
     kind: "postgres",
-    orm: drizzlePostgres(countedClient, { schema }),
-    pool,
+    orm: drizzlePostgres(admitted(client, admission), { schema }),
+    pool: admission,
     async exclusive(lockKey, work) {
       // A one-connection client: the advisory lock belongs to the session that took it.
       const single = postgres(options.url, { max: 1, connect_timeout: 10, onnotice: () => {} });
@@ -93,7 +174,18 @@ export function connectPostgres(options: PostgresOptions): Database {
         await single.end({ timeout: 5 });
       }
     },
-    close: () => client.end({ timeout: 5 }),
+    async whenFree(lockKey, work) {
+      // A transaction-scoped lock on one pooled connection, held while `work` runs on the others.
+      const result = client.begin(async (tx) => {
+        const [row] = await tx`select pg_try_advisory_xact_lock(${lockKey}) as locked`;
+        return row?.locked ? work() : undefined;
+      });
+      return result as Promise<Awaited<ReturnType<typeof work>> | undefined>;
+    },
+    close: async () => {
+      admission.close();
+      await Promise.all([client.end({ timeout: 5 }), prober.end({ timeout: 1 })]);
+    },
   };
 }
 
@@ -137,6 +229,7 @@ export async function openPglite(dataDir: string): Promise<Database> {
     pool,
     // The data directory's lock already keeps every other process out.
     exclusive: (_lockKey, work) => work(orm),
+    whenFree: (_lockKey, work) => work(),
     close: async () => {
       await client.close();
       if (onDisk) makeOwnerOnly(dataDir);

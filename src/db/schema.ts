@@ -7,6 +7,7 @@ import {
   jsonb,
   pgSequence,
   pgTable,
+  primaryKey,
   text,
   timestamp,
   uniqueIndex,
@@ -80,6 +81,58 @@ export const fileStats = pgTable("file_stats", {
   fileCount: bigint("file_count", { mode: "number" }).notNull().default(0),
   bytes: bigint("bytes", { mode: "number" }).notNull().default(0),
 });
+
+/**
+ * Share links: whoever holds one downloads the file until `expires_at`; revoking deletes the row. The
+ * token is only in the link handed out once; its SHA-256 is kept here. A deleted file or user takes its
+ * links with it.
+ */
+export const shareLinks = pgTable(
+  "share_links",
+  {
+    id: uuid("id")
+      .primaryKey()
+      .defaultRandom()
+      .$defaultFn(() => Bun.randomUUIDv7()),
+    fileId: uuid("file_id")
+      .notNull()
+      .references(() => files.id, { onDelete: "cascade" }),
+    createdBy: uuid("created_by")
+      .notNull()
+      .references(() => users.id, { onDelete: "cascade" }),
+    tokenHash: varchar("token_hash", { length: 64 }).notNull(),
+    createdAt: createdAt(),
+    expiresAt: timestamptz("expires_at").notNull(),
+  },
+  (table) => [
+    uniqueIndex("share_links_token_hash_key").on(table.tokenHash),
+    index("share_links_file_idx").on(table.fileId, table.createdAt),
+    index("share_links_created_by_idx").on(table.createdBy),
+    index("share_links_expires_idx").on(table.expiresAt),
+  ],
+);
+
+/**
+ * `Idempotency-Key`s of uploads: a user's key names the file its first upload stored. Inserted in the
+ * file's own transaction, so neither exists without the other; the file's deletion (or its owner's)
+ * takes the key with it. Keys older than a day are ignored, and pruned.
+ */
+export const idempotencyKeys = pgTable(
+  "idempotency_keys",
+  {
+    userId: uuid("user_id").notNull(),
+    key: varchar("key", { length: 255 }).notNull(),
+    fileId: uuid("file_id")
+      .notNull()
+      .references(() => files.id, { onDelete: "cascade" }),
+    createdAt: createdAt(),
+  },
+  (table) => [
+    primaryKey({ columns: [table.userId, table.key] }),
+    index("idempotency_keys_file_idx").on(table.fileId),
+    index("idempotency_keys_created_at_idx").on(table.createdAt),
+  ],
+);
 
 const RESUMABLE_STATES = ["receiving", "completing", "complete"] as const;
 export type ResumableUploadState = (typeof RESUMABLE_STATES)[number];
@@ -318,5 +371,6 @@ export const authChangeSeq = pgSequence("auth_change_seq");
 export type UserRow = typeof users.$inferSelect;
 export type FileRow = typeof files.$inferSelect;
 export type ResumableRow = typeof resumableUploads.$inferSelect;
+export type ShareLinkRow = typeof shareLinks.$inferSelect;
 export type PasskeyRow = typeof passkeys.$inferSelect;
 export type AuditEventRow = typeof auditEvents.$inferSelect;

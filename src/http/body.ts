@@ -20,18 +20,34 @@ async function readCapped(request: Request, limit: number): Promise<string> {
 /** `Application/JSON; charset=UTF-8` → `application/json`. */
 const mediaType = (contentType: string) => contentType.split(";", 1)[0]?.trim().toLowerCase() ?? "";
 
+/** What the parser needs to know of a route: does it declare a body schema. */
+export interface RouteBodies {
+  readonly routes: readonly { method: string; path: string; hooks: { body?: unknown } }[];
+}
+
 /**
- * The one body parser. JSON everywhere; an HTML form only on `formRoutes` (the OAuth2 password flow);
- * nothing at all on `streamRoutes`, which stream their bodies themselves.
+ * The one body parser. JSON everywhere; an HTML form only on `formRoutes` (the OAuth2 password flow).
  * Any other media type is refused with 415 before a byte of the body is read, so Elysia's own parsers
  * (which read text and multipart bodies whole, uncapped) never run.
+ * A route that declares no body schema gets none parsed: a body sent to it anyway (a DELETE with JSON) is
+ * ignored, never a 400/413/415 its operation does not declare, and the upload routes read theirs themselves.
+ * `app` is asked on the first request, once every route is registered.
  */
-export function bodyParser(options: { formRoutes: readonly string[]; streamRoutes: readonly string[] }) {
+export function bodyParser(options: { formRoutes: readonly string[]; app: () => RouteBodies }) {
   const formRoutes = new Set(options.formRoutes);
-  const streamRoutes = new Set(options.streamRoutes);
+  let withBody: Set<string> | undefined;
+  const declaresBody = (method: string, route: string) => {
+    withBody ??= new Set(
+      options
+        .app()
+        .routes.filter((declared) => declared.hooks.body !== undefined)
+        .map((declared) => `${declared.method} ${declared.path}`),
+    );
+    return withBody.has(`${method} ${route}`);
+  };
   return new Elysia({ name: "body-parser" }).onParse({ as: "global" }, async ({ request, contentType, route }) => {
-    // The route reads `request.body` itself, with its own limits (uploads); null stops Elysia's parsers.
-    if (streamRoutes.has(route)) return null;
+    // Null stops Elysia's parsers: the body stays unread (the upload routes stream it themselves).
+    if (!declaresBody(request.method, route)) return null;
     if (!request.body) return undefined;
     const type = mediaType(contentType);
     if (type === "application/json") {

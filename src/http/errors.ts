@@ -1,4 +1,5 @@
 import { Elysia, NotFoundError, ParseError, t, ValidationError } from "elysia";
+import { DatabaseUnavailableError, isConnectionFailure } from "../db/admission";
 import type { Logger } from "../platform/logger";
 import { StorageFullError, StorageUnavailableError } from "../platform/storage";
 
@@ -131,23 +132,6 @@ export function errorResponses<S extends number>(...statuses: S[]): Record<S, ty
   ) as Record<S, typeof ErrorBody>;
 }
 
-// Postgres SQLSTATEs and driver codes that mean "the database is not reachable right now".
-const UNAVAILABLE_CODES = new Set([
-  "ECONNREFUSED",
-  "ECONNRESET",
-  "ENOTFOUND",
-  "EAI_AGAIN",
-  "ETIMEDOUT",
-  "CONNECT_TIMEOUT",
-  "CONNECTION_CLOSED",
-  "CONNECTION_ENDED",
-  "CONNECTION_DESTROYED",
-  "57P01",
-  "57P02",
-  "57P03",
-  "53300",
-]);
-
 /** Drizzle wraps driver errors (`cause`); its own message carries the query's parameters, so never log it. */
 function databaseCause(error: unknown): { code?: string; message: string; constraint?: string } | undefined {
   let current: unknown = error;
@@ -178,9 +162,19 @@ export function loggableError(error: unknown) {
   );
 }
 
+/** Refused by the pool because the database is known to be down (Drizzle wraps it as the `cause`). */
+function refusedWhileDown(error: unknown): boolean {
+  let current: unknown = error;
+  for (let depth = 0; depth < 3 && current; depth++) {
+    if (current instanceof DatabaseUnavailableError) return current.down;
+    current = (current as { cause?: unknown }).cause;
+  }
+  return false;
+}
+
 function isDatabaseUnavailable(error: unknown): boolean {
   const code = databaseCause(error)?.code;
-  return code !== undefined && (UNAVAILABLE_CODES.has(code) || code.startsWith("08"));
+  return code !== undefined && (code === DatabaseUnavailableError.code || isConnectionFailure(code));
 }
 
 /**
@@ -258,8 +252,9 @@ export function errorMapper(logger: Logger) {
       logger.warn("storage unavailable", { request_id: requestId, error: error.message });
     } else if (error instanceof StorageFullError) {
       logger.error("storage full: an upload was refused", { request_id: requestId, error: String(error.cause) });
-    } else if (mapped.status === 503 && !(error instanceof AppError)) {
-      // A 503 a service threw (the virus scanner) was logged where it happened, with its cause.
+    } else if (mapped.status === 503 && !(error instanceof AppError) && !refusedWhileDown(error)) {
+      // A 503 a service threw (the virus scanner) was logged where it happened, with its cause; the database
+      // going down is logged once, by the pool.
       logger.warn("database unavailable", { request_id: requestId, error: databaseCause(error)?.message });
     }
     set.status = mapped.status;

@@ -2,8 +2,9 @@ import { Elysia } from "elysia";
 import type { Config } from "../config";
 import type { Metrics } from "../platform/metrics";
 import type { RateLimiter } from "../platform/rate-limiter";
-import { type ClientServer, clientIp, pathOf } from "./client";
+import { type ClientServer, clientIp } from "./client";
 import { errors } from "./errors";
+import { routedPath } from "./request-target";
 
 type Headers = Record<string, string | number>;
 export type RuleName = Exclude<keyof Config["rateLimits"], "enabled">;
@@ -70,7 +71,8 @@ export function rateLimits(
     // Not async: most requests that skip the limiter should not pay for a promise.
     .onRequest(({ request, server, set }) => {
       if (!enabled) return;
-      const path = pathOf(request.url);
+      // The router's own path, so what is exempt is exactly what is served as a probe.
+      const path = routedPath(request.url);
       if (!path.startsWith("/api/") || isProbePath(path)) return;
       return enforce(set, "default", ipOf(request, server));
     });

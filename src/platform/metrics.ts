@@ -20,6 +20,8 @@ export interface Metrics {
   eventDelivered(type: string, sockets: number): void;
   /** An upload's scan: clean, infected, or stored unscanned (the scanner failed and CLAMAV_FAIL_OPEN is on). */
   uploadScanned(result: "clean" | "infected" | "unscanned"): void;
+  /** A download the storage could not deliver whole: the client got an error, not the file. */
+  downloadFailed(): void;
   render(): Promise<{ body: string; contentType: string }>;
 }
 
@@ -118,6 +120,7 @@ export const noMetrics: Metrics = {
   eventPublished: nothing,
   eventDelivered: nothing,
   uploadScanned: nothing,
+  downloadFailed: nothing,
   render: async () => ({ body: "", contentType: Registry.PROMETHEUS_CONTENT_TYPE }),
 };
 
@@ -198,6 +201,11 @@ export function createMetrics(sources: MetricsSources): Metrics {
     labelNames: ["result"],
     registers,
   });
+  const downloadFailures = new Counter({
+    name: "reviewpoint_download_failures_total",
+    help: "Downloads the storage failed to deliver whole (the bucket erred or went away mid-transfer); the client got an error",
+    registers,
+  });
   const sockets = new Gauge({ name: "reviewpoint_websocket_connections", help: "Open WebSockets", registers });
   const published = new Counter({
     name: "reviewpoint_events_published_total",
@@ -226,6 +234,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
       if (count > 0) delivered.inc({ type }, count);
     },
     uploadScanned: (result) => scans.inc({ result }),
+    downloadFailed: () => downloadFailures.inc(),
     render: async () => ({ body: await registry.metrics(), contentType: registry.contentType }),
   };
 }

@@ -142,6 +142,16 @@ export function s3Storage(setting: S3Setting): ObjectStorage {
       return firstBytes(file.slice(range.start, Math.max(range.end + 1, 2)).stream(), length);
     },
 
+    presign(key, options) {
+      return client.file(objectOf(key)).presign({
+        method: "GET",
+        expiresIn: options.seconds,
+        // Sent back by the bucket as response-content-type and response-content-disposition.
+        type: options.contentType,
+        contentDisposition: options.contentDisposition,
+      });
+    },
+
     async stat(key) {
       const path = objectOf(key);
       return s3("stat", async () => {

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import net from "node:net";
 import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
 import { JOURNAL } from "../../src/db/migrations";
@@ -114,8 +115,8 @@ describe("the binary as shipped (an empty folder, the checkout out of sight)", (
         DATA_DIR: join(dir, "data"),
         PORT: String(port),
         HOST: "127.0.0.1",
-        // Slow enough (~80 ms a hash) that a login is still running when SIGTERM arrives.
-        BCRYPT_ROUNDS: "10",
+        // Slow enough (~300 ms a hash) that a login is still running when SIGTERM arrives.
+        BCRYPT_ROUNDS: "12",
         ENVIRONMENT: "production",
         SECRET_KEY: "e2e-secret-e2e-secret-e2e-secret-e2e-secret",
       };
@@ -148,7 +149,7 @@ describe("the binary as shipped (an empty folder, the checkout out of sight)", (
         await untilReady(base, server);
         const output = server.stdout as ReadableStream<Uint8Array>;
         const lines = (await readLines(output, (line) => line.includes('"listening"'))).map((l) => JSON.parse(l));
-        expect(lines.at(-1).migrations_applied).toBe(JOURNAL.length);
+        expect(lines.find((line) => line.msg === "listening")?.migrations_applied).toBe(JOURNAL.length);
       }, 60_000);
 
       test("serves health and the docs with their assets", async () => {
@@ -201,7 +202,8 @@ describe("the binary as shipped (an empty folder, the checkout out of sight)", (
         });
         expect(await established).toBe("connection.established");
         const login = api.login(username);
-        await Bun.sleep(20);
+        // Accepted and hashing (a connection still in the listen queue is refused by a stopping server).
+        await Bun.sleep(150);
         server?.kill("SIGTERM");
         expect((await login).access).toBeString();
         expect(await closed).toBe(1001);
@@ -260,6 +262,45 @@ describe("the binary as shipped (an empty folder, the checkout out of sight)", (
         },
         60_000,
       );
+
+      test("SIGTERM with a slow upload in flight: 503 with Retry-After and Connection: close once the wait runs out, exit 0", async () => {
+        if (server && server.exitCode === null) {
+          server.kill("SIGTERM");
+          await server.exited;
+        }
+        server = runShipped(dir, ["serve"], { env: { ...env, SHUTDOWN_TIMEOUT_SECONDS: "1", LOG_LEVEL: "info" } });
+        await untilReady(base, server);
+        const output = new Response(server.stdout as ReadableStream<Uint8Array>).text();
+        const { access } = await api.signUp(`slow${port}`);
+        const socket = net.connect(port, "127.0.0.1");
+        const answer = new Promise<string>((resolve) => {
+          let text = "";
+          socket.on("data", (data) => {
+            text += data.toString();
+          });
+          socket.on("close", () => resolve(text));
+          socket.on("error", () => resolve(text));
+        });
+        await new Promise<void>((resolve) => socket.once("connect", resolve));
+        const head =
+          '--b\r\nContent-Disposition: form-data; name="file"; filename="slow.txt"\r\nContent-Type: text/plain\r\n\r\n';
+        socket.write(
+          `POST ${API}/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${access}\r\n` +
+            `Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n${head}${"s".repeat(1000)}`,
+        );
+        await Bun.sleep(300);
+        server.kill("SIGTERM");
+        const text = await answer;
+        expect(text.split("\r\n")[0]).toBe("HTTP/1.1 503 Service Unavailable");
+        expect(text.toLowerCase()).toContain("\r\nretry-after: 5\r\n");
+        expect(text.toLowerCase()).toContain("\r\nconnection: close\r\n");
+        expect(await server.exited).toBe(0);
+        const lines = (await output).split("\n");
+        const logged = lines.filter((line) => line.includes('"msg":"request"') && line.includes("/uploads"));
+        if (logged.length !== 1) console.error(lines.slice(-15).join("\n"));
+        expect(logged.map((line) => JSON.parse(line).status)).toEqual([503]);
+        socket.destroy();
+      }, 60_000);
     });
   }
 });

@@ -327,6 +327,27 @@ describe("request bodies", () => {
     expectError(over, 413, "PAYLOAD_TOO_LARGE");
   });
 
+  test("a route that takes no body ignores one: malformed JSON, text/plain or 2 MiB on DELETE → 204", async () => {
+    const { app } = await makeApp();
+    const me = await signUp(app);
+    const strays: { body: Body; headers?: Record<string, string> }[] = [
+      { body: "{not json", headers: { "content-type": "application/json" } },
+      { body: "just text", headers: { "content-type": "text/plain" } },
+      { body: "x".repeat(2 * 1024 * 1024), headers: { "content-type": "application/json" } },
+    ];
+    for (const stray of strays) {
+      const form = new FormData();
+      form.append("file", new File(["some notes"], "notes.txt", { type: "text/plain" }));
+      const uploaded = await call(app, "POST", `${API}/uploads`, { body: form, token: me.access });
+      expect(uploaded.status).toBe(201);
+      const removed = await call(app, "DELETE", `${API}/uploads/${uploaded.json.id}`, { ...stray, token: me.access });
+      expect(removed.status).toBe(204);
+      expect((await call(app, "GET", `${API}/uploads/${uploaded.json.id}`, { token: me.access })).status).toBe(404);
+    }
+    const gone = await call(app, "DELETE", `${API}/users/me`, { ...strays[0], token: me.access });
+    expect(gone.status).toBe(204);
+  });
+
   test("the OAuth2 form works on /auth/login and is 415 on /auth/register", async () => {
     const { app } = await makeApp();
     const me = await signUp(app);

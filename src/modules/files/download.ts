@@ -1,4 +1,34 @@
-/** HTTP details of serving a stored file: byte ranges, validators and the download name. */
+/** HTTP details of serving a stored file: byte ranges, validators, the download name, and how S3 bytes travel. */
+import type { FileRow } from "../../db/schema";
+import { errors } from "../../http/errors";
+import type { ObjectStorage } from "../../platform/storage";
+import type { Spool } from "./spool";
+
+/** What the route sends back for a download. */
+export interface Download {
+  status: 200 | 206 | 302 | 304;
+  headers: Record<string, string>;
+  body: ReturnType<ObjectStorage["read"]> | null;
+  /** Call once the response holds the body (the route does): it frees what the body was spooled to. */
+  release?: () => Promise<void>;
+}
+
+export interface DownloadConditions {
+  range: string | null;
+  ifNoneMatch: string | null;
+  /** The client went away: stop fetching its bytes. */
+  signal?: AbortSignal;
+}
+
+/**
+ * How a bucket's bytes reach the client (files on disk are always sent by this server): through the server
+ * with their exact length, spooled first (see spool.ts), or, with `presignSeconds`, by a redirect to a
+ * presigned URL of the bucket (S3_DOWNLOAD_MODE=redirect).
+ */
+export interface S3Delivery {
+  spool: Spool;
+  presignSeconds?: number;
+}
 
 export type RangeRequest = { start: number; end: number } | "unsatisfiable" | undefined;
 
@@ -38,4 +68,47 @@ export function contentDisposition(filename: string): string {
     (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
   );
   return `attachment; filename="${ascii}"; filename*=UTF-8''${exact}`;
+}
+
+/**
+ * A stored file's bytes with the headers a browser and a cache need: ranges, validators, a safe
+ * disposition. Whoever may see the row has been decided already.
+ */
+export async function serveStored(
+  storage: ObjectStorage,
+  row: FileRow,
+  conditions: DownloadConditions,
+  s3: S3Delivery,
+): Promise<Download> {
+  // Checked first: Bun answers a missing file with its own error page, past our error mapper. A row
+  // without bytes is an upload being committed (or deleted) this instant.
+  if (!(await storage.stat(row.storageKey))) throw errors.notFound("File");
+  const etag = `"${row.fileHash}"`;
+  const headers: Record<string, string> = {
+    etag,
+    "accept-ranges": "bytes",
+    "cache-control": row.isPublic ? "public, no-cache" : "private, no-cache",
+  };
+  if (matchesEtag(conditions.ifNoneMatch, etag)) return { status: 304, headers, body: null };
+  const disposition = contentDisposition(row.filename);
+  if (storage.presign && s3.presignSeconds !== undefined) {
+    const location = storage.presign(row.storageKey, {
+      seconds: s3.presignSeconds,
+      contentType: row.contentType,
+      contentDisposition: disposition,
+    });
+    // The bucket answers ranges and validators itself. A cached redirect would outlive its signature.
+    return { status: 302, headers: { location, "cache-control": "private, no-store" }, body: null };
+  }
+  Object.assign(headers, { "content-type": row.contentType, "content-disposition": disposition });
+  const range = parseRange(conditions.range, row.fileSize);
+  if (range === "unsatisfiable") throw errors.rangeNotSatisfiable(row.fileSize);
+  const [status, part] = range ? ([206, range] as const) : ([200, undefined] as const);
+  const length = part ? part.end - part.start + 1 : row.fileSize;
+  headers["content-length"] = String(length);
+  if (part) headers["content-range"] = `bytes ${part.start}-${part.end}/${row.fileSize}`;
+  const bytes = storage.read(row.storageKey, part);
+  if (bytes instanceof Blob) return { status, headers, body: bytes };
+  const spooled = await s3.spool.fill(bytes, length, conditions.signal);
+  return { status, headers, body: spooled.file, release: spooled.release };
 }

@@ -1,12 +1,14 @@
 import type { FileRow } from "../../db/schema";
 import { errors, loggableError } from "../../http/errors";
+import type { RequestMeta } from "../../http/request-meta";
 import { type Scanner, ScannerBusyError, ScannerUnavailableError } from "../../platform/antivirus";
 import type { Logger } from "../../platform/logger";
 import type { Metrics } from "../../platform/metrics";
 import { type ObjectStorage, type PendingObject, StorageUnavailableError } from "../../platform/storage";
+import type { AuditLog } from "../audit/service";
 import type { Notify } from "../realtime/model";
 import { cleanFilename, type FileInfo, toFileInfo } from "./model";
-import type { FilesRepo } from "./repo";
+import type { FilesRepo, IdempotencyClaim } from "./repo";
 import { type BodyWatch, MULTIPART_OVERHEAD, receiveUpload } from "./upload";
 
 export interface FilesConfig {
@@ -31,6 +33,8 @@ export interface IngestDeps {
   antivirus?: { scanner: Scanner; failOpen: boolean };
   /** Aborted when the server stops waiting for in-flight requests: bodies still arriving get a 503. */
   shutdown?: AbortSignal;
+  /** Records file deletions, downloads by others and malware found. */
+  audit: Pick<AuditLog, "record" | "recordAlone" | "transaction">;
 }
 
 /** What an upload's bytes turned out to be, once inspected while they streamed. */
@@ -41,6 +45,9 @@ export interface InspectedFile {
   hash: string;
   isPublic: boolean;
 }
+
+/** How long an upload's Idempotency-Key names its file. */
+export const IDEMPOTENCY_KEY_TTL_MS = 24 * 3_600_000;
 
 // Own keys only: `__proto__` or `constructor` must not read as a value.
 const BOOLEAN_FIELD = new Map([
@@ -59,13 +66,13 @@ export const parsePublicFlag = (flag: string | undefined) => (flag === undefined
  * committed, announced. Any failure leaves neither an object nor a row.
  */
 export function createIngest(deps: IngestDeps) {
-  const { repo, storage, config, logger, metrics, notify = () => {}, antivirus } = deps;
+  const { repo, storage, config, logger, metrics, notify = () => {}, antivirus, audit } = deps;
 
   /**
    * Scans the stored bytes, so a slow client never holds a scanner connection. Fail-open applies only to a
    * scanner that cannot answer; a busy one is a 503 with Retry-After, never a file stored unscanned.
    */
-  async function requireClean(pending: PendingObject, ownerId: string, filename: string): Promise<void> {
+  async function requireClean(pending: PendingObject, ownerId: string, filename: string, meta: RequestMeta) {
     if (!antivirus) return;
     let verdict: Awaited<ReturnType<Scanner["scan"]>>;
     try {
@@ -94,6 +101,13 @@ export function createIngest(deps: IngestDeps) {
       signature: verdict.signature,
       filename: cleanFilename(filename),
     });
+    await audit.recordAlone({
+      action: "malware.detected",
+      actorId: ownerId,
+      target: { type: "user", id: ownerId },
+      details: { signature: verdict.signature, filename: cleanFilename(filename) },
+      meta,
+    });
     throw errors.malware(verdict.signature);
   }
 
@@ -106,16 +120,34 @@ export function createIngest(deps: IngestDeps) {
 
   /**
    * Ends an upload whose bytes are all in `pending` and inspected: durable and size-checked, scanned,
-   * inserted within the quota, then committed and announced. On failure nothing is left.
+   * inserted within the quota, then committed and announced. On failure nothing is left. With `claim` (an
+   * Idempotency-Key), a retry of an upload stored already gets that upload's file, these bytes dropped.
    */
-  async function store(owner: { id: string }, key: string, pending: PendingObject, file: InspectedFile) {
+  async function store(
+    owner: { id: string },
+    key: string,
+    pending: PendingObject,
+    file: InspectedFile,
+    meta: RequestMeta,
+    claim?: IdempotencyClaim,
+  ) {
     let row: FileRow | undefined;
+    const retried = async (earlier: FileRow) => {
+      if (earlier.fileHash !== file.hash) {
+        throw errors.validation([{ field: "Idempotency-Key", issue: "Already used for other content; use a new key" }]);
+      }
+      await discard(key, pending);
+      return toFileInfo(earlier);
+    };
     try {
       const stored = await pending.close();
       if (stored !== file.size) {
         throw new StorageUnavailableError("write", new Error(`${stored} of ${file.size} bytes stored`));
       }
-      await requireClean(pending, owner.id, file.filename);
+      // Before the scan: a retry is answered without one.
+      const earlier = claim && (await repo.fileOfKey(claim));
+      if (earlier) return await retried(earlier);
+      await requireClean(pending, owner.id, file.filename, meta);
       const inserted = await repo.insert(
         {
           ownerId: owner.id,
@@ -127,8 +159,12 @@ export function createIngest(deps: IngestDeps) {
           isPublic: file.isPublic,
         },
         config.quota,
+        claim,
       );
       if (inserted === "over-quota") throw errors.overQuota(config.quota as number);
+      if (inserted === "taken") throw errors.conflict("An upload with this Idempotency-Key was just deleted; retry");
+      // The same key's upload committed while this one ran.
+      if ("earlier" in inserted) return await retried(inserted.earlier);
       row = inserted;
       // Row first, then the bytes become readable: a crash in between leaves a temporary that the
       // sweep commits (it has a row), never a row whose bytes are gone.
@@ -157,6 +193,12 @@ export function createIngest(deps: IngestDeps) {
     }
   }
 
+  const keyClaim = (userId: string, key: string): IdempotencyClaim => ({
+    userId,
+    key,
+    since: new Date(Date.now() - IDEMPOTENCY_KEY_TTL_MS),
+  });
+
   /** The bounds on a body's arrival, and the server's shutdown. */
   const watch: BodyWatch = { idleMs: config.idleMs, deadlineMs: config.deadlineMs, shutdown: deps.shutdown };
 
@@ -166,10 +208,15 @@ export function createIngest(deps: IngestDeps) {
     requireRoom,
     watch,
 
-    /** `POST /uploads`: one multipart body, its part `file` streamed into storage. */
+    /**
+     * `POST /uploads`: one multipart body, its part `file` streamed into storage. With an `idempotencyKey`,
+     * a retry (same user, key and bytes, within a day) gets the first upload's file instead of a copy.
+     */
     async upload(
       owner: { id: string },
       request: { body: ReadableStream<Uint8Array> | null; contentType: string; contentLength: number | undefined },
+      meta: RequestMeta,
+      idempotencyKey?: string,
     ): Promise<FileInfo> {
       if (!request.contentType.toLowerCase().startsWith("multipart/form-data")) {
         throw errors.unsupportedMediaType("Send multipart/form-data with a part named 'file'");
@@ -177,7 +224,9 @@ export function createIngest(deps: IngestDeps) {
       if (request.contentLength !== undefined && request.contentLength > config.maxBytes + MULTIPART_OVERHEAD) {
         throw errors.tooLarge(config.maxBytes);
       }
-      await requireRoom(owner.id);
+      const claim = idempotencyKey === undefined ? undefined : keyClaim(owner.id, idempotencyKey);
+      // A retry of an upload stored already is answered even when that upload filled the quota.
+      if (!(claim && (await repo.fileOfKey(claim)))) await requireRoom(owner.id);
       const key = Bun.randomUUIDv7();
       const pending = await storage.begin(key);
       let file: InspectedFile;
@@ -190,7 +239,7 @@ export function createIngest(deps: IngestDeps) {
         await discard(key, pending);
         throw error;
       }
-      return store(owner, key, pending, file);
+      return store(owner, key, pending, file, meta, claim);
     },
   };
 }

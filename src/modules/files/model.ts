@@ -86,3 +86,53 @@ export function cleanFilename(raw: string): string {
   const { read } = new TextEncoder().encodeInto(name, new Uint8Array(MAX_FILENAME_BYTES));
   return name.slice(0, read);
 }
+
+/** The longest a share link may live: 30 days. */
+export const MAX_LINK_SECONDS = 30 * 86_400;
+
+export const ShareLinkCreate = t.Object({
+  expires_in_seconds: t.Integer({
+    minimum: 1,
+    maximum: MAX_LINK_SECONDS,
+    description: "How long the link works, in seconds (at most 30 days)",
+  }),
+});
+
+export const ShareLinkCreated = t.Object(
+  {
+    id: t.String({ format: "uuid" }),
+    url: t.String({ format: "uri", description: "Anyone with this URL may download the file; it is shown only once" }),
+    expires_at: t.String({ format: "date-time" }),
+  },
+  { title: "ShareLinkCreated", description: "A new share link, with its URL" },
+);
+
+export const ShareLink = t.Object(
+  {
+    id: t.String({ format: "uuid" }),
+    created_at: t.String({ format: "date-time" }),
+    expires_at: t.String({ format: "date-time" }),
+    created_by: t.String({ format: "uuid", description: "The owner, or the admin who made it" }),
+  },
+  { title: "ShareLink", description: "An active share link (its token is never shown again)" },
+);
+
+export const ShareLinkList = t.Object(
+  { items: t.Array(ShareLink) },
+  { title: "ShareLinkList", description: "A file's active share links, newest first" },
+);
+
+export const LinkParams = t.Object({ id: Uuid, link_id: Uuid });
+
+export const SharedParams = t.Object({
+  token: t.String({ maxLength: 256, description: "The token of a share link's URL" }),
+});
+
+export const UploadHeaders = t.Object({
+  "idempotency-key": t.Optional(
+    t.String({
+      description:
+        'Makes a retry safe (draft-ietf-httpapi-idempotency-key-header): a Structured Field string such as `"8e03978e-40d5-43e8-bc93-6894a57f9324"` (a bare token is accepted too), 1..255 visible ASCII characters. The same user, key and bytes within 24 hours get the first upload\'s File (201) instead of a copy; other bytes get 422.',
+    }),
+  ),
+});

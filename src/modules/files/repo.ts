@@ -1,6 +1,7 @@
-import { and, asc, count, desc, eq, ilike, sql, sum } from "drizzle-orm";
-import type { Orm } from "../../db/client";
-import { type FileRow, fileStats, files } from "../../db/schema";
+import { and, asc, count, desc, eq, getTableColumns, gt, ilike, lte, sql, sum } from "drizzle-orm";
+import type { Executor, Orm } from "../../db/client";
+import { rowsOf } from "../../db/migrate";
+import { type FileRow, fileStats, files, idempotencyKeys } from "../../db/schema";
 import type { FileListParams } from "./model";
 
 export type NewFile = typeof files.$inferInsert;
@@ -9,11 +10,70 @@ const SORT_COLUMNS = { uploaded_at: files.uploadedAt, filename: files.filename, 
 
 const escapeLike = (text: string) => text.replace(/[\\%_]/g, (c) => `\\${c}`);
 
+const FILE_COLUMNS = Object.entries(getTableColumns(files));
+/** A row of `files` as the driver returns it to raw SQL, mapped as Drizzle maps its own queries' rows. */
+const fromDriver = (raw: Record<string, unknown>) =>
+  Object.fromEntries(
+    FILE_COLUMNS.map(([key, column]) => {
+      const value = raw[column.name];
+      return [key, value === null || value === undefined ? value : column.mapFromDriverValue(value)];
+    }),
+  ) as FileRow;
+
+/**
+ * The file's row, unless it would take its owner past `quota` bytes. One statement: the owner's
+ * `file_stats` row is taken (upserted, which locks it until the transaction ends) and read in a CTE, and
+ * the file goes in only if it fits, so two uploads cannot both fit the last bytes. It was a transaction
+ * with an advisory lock: six round trips, and pooled connections held while waiting for it.
+ */
+async function insertWithinQuota(db: Executor, file: NewFile, quota: number): Promise<FileRow | "over-quota"> {
+  const result = await db.execute(sql`
+    with stats as (
+      insert into ${fileStats} (owner_id) values (${file.ownerId})
+      on conflict (owner_id) do update set owner_id = excluded.owner_id
+      returning bytes
+    )
+    insert into ${files} (owner_id, filename, content_type, file_size, file_hash, storage_key, is_public)
+    select ${file.ownerId}, ${file.filename}, ${file.contentType}, ${file.fileSize}, ${file.fileHash},
+      ${file.storageKey}, ${file.isPublic ?? false}
+    from stats where stats.bytes + ${file.fileSize} <= ${quota}
+    returning *`);
+  const [raw] = rowsOf<Record<string, unknown>>(result);
+  return raw ? fromDriver(raw) : "over-quota";
+}
+
 /** Bytes an owner stores (kept by triggers), on the pool or inside a transaction. */
 async function bytesOf(db: Pick<Orm, "select">, ownerId: string): Promise<number> {
   const [stats] = await db.select({ bytes: fileStats.bytes }).from(fileStats).where(eq(fileStats.ownerId, ownerId));
   return stats?.bytes ?? 0;
 }
+
+/** A user's Idempotency-Key, and the oldest use of it that still counts. */
+export interface IdempotencyClaim {
+  userId: string;
+  key: string;
+  since: Date;
+}
+
+/** The file an unexpired key names. */
+async function fileOfKey(db: Pick<Orm, "select">, claim: IdempotencyClaim): Promise<FileRow | undefined> {
+  const [found] = await db
+    .select({ file: files })
+    .from(idempotencyKeys)
+    .innerJoin(files, eq(files.id, idempotencyKeys.fileId))
+    .where(
+      and(
+        eq(idempotencyKeys.userId, claim.userId),
+        eq(idempotencyKeys.key, claim.key),
+        gt(idempotencyKeys.createdAt, claim.since),
+      ),
+    )
+    .limit(1);
+  return found?.file;
+}
+
+/** Thrown inside the insert's transaction to roll the file back: another upload holds the key. */
+class KeyTaken extends Error {}
 
 export function createFilesRepo(orm: Orm) {
   /**
@@ -93,21 +153,63 @@ export function createFilesRepo(orm: Orm) {
       return row;
     },
 
+    /** The file an unexpired Idempotency-Key of the user names. */
+    fileOfKey: (claim: IdempotencyClaim) => fileOfKey(orm, claim),
+
     /**
-     * Inserts the row unless it would take the owner past `quota` bytes ("over-quota"). Uploads of one
-     * owner are serialised on an advisory lock for the check, so two cannot both fit the last bytes.
+     * Inserts the row unless it would take the owner past `quota` bytes ("over-quota"; see
+     * `insertWithinQuota`). With `claim`, the key is recorded in the same transaction; when an unexpired
+     * use of it exists (or commits while this waits on it), nothing is inserted and its file is `earlier`
+     * ("taken" if that file went meanwhile).
      */
-    async insert(file: NewFile, quota: number | undefined): Promise<FileRow | "over-quota"> {
-      if (quota === undefined) {
+    async insert(
+      file: NewFile,
+      quota: number | undefined,
+      claim?: IdempotencyClaim,
+    ): Promise<FileRow | "over-quota" | { earlier: FileRow } | "taken"> {
+      if (quota === undefined && claim === undefined) {
         const [row] = await insertFile.execute({ ...file, isPublic: file.isPublic ?? false });
         return row as FileRow;
       }
-      return orm.transaction(async (tx) => {
-        await tx.execute(sql`select pg_advisory_xact_lock(hashtext(${`files:${file.ownerId}`}))`);
-        if ((await bytesOf(tx, file.ownerId)) + file.fileSize > quota) return "over-quota";
-        const [row] = await tx.insert(files).values(file).returning();
-        return row as FileRow;
-      });
+      if (claim === undefined) return insertWithinQuota(orm, file, quota as number);
+      try {
+        return await orm.transaction(async (tx) => {
+          const earlier = await fileOfKey(tx, claim);
+          if (earlier) return { earlier };
+          const row =
+            quota === undefined
+              ? ((await tx.insert(files).values(file).returning()) as [FileRow])[0]
+              : await insertWithinQuota(tx, file, quota);
+          if (row === "over-quota") return row;
+          // A racing upload's uncommitted key makes this wait for its transaction; once it commits, the
+          // key is theirs unless expired.
+          const now = new Date();
+          const claimed = await tx
+            .insert(idempotencyKeys)
+            .values({ userId: claim.userId, key: claim.key, fileId: row.id, createdAt: now })
+            .onConflictDoUpdate({
+              target: [idempotencyKeys.userId, idempotencyKeys.key],
+              set: { fileId: row.id, createdAt: now },
+              setWhere: lte(idempotencyKeys.createdAt, claim.since),
+            })
+            .returning({ key: idempotencyKeys.key });
+          if (claimed.length === 0) throw new KeyTaken();
+          return row;
+        });
+      } catch (error) {
+        if (!(error instanceof KeyTaken)) throw error;
+        const earlier = await fileOfKey(orm, claim);
+        return earlier ? { earlier } : "taken";
+      }
+    },
+
+    /** Removes keys used before `before`; returns how many. */
+    async pruneKeys(before: Date): Promise<number> {
+      const deleted = await orm
+        .delete(idempotencyKeys)
+        .where(lte(idempotencyKeys.createdAt, before))
+        .returning({ key: idempotencyKeys.key });
+      return deleted.length;
     },
 
     /** `owner`: undefined for every owner (an admin's `all=true`), else this one. */
@@ -140,8 +242,9 @@ export function createFilesRepo(orm: Orm) {
       return row;
     },
 
-    async delete(id: string): Promise<FileRow | undefined> {
-      const [row] = await orm.delete(files).where(eq(files.id, id)).returning();
+    /** On the pool, or on `executor`: a transaction that also records the deletion. */
+    async delete(id: string, executor: Executor = orm): Promise<FileRow | undefined> {
+      const [row] = await executor.delete(files).where(eq(files.id, id)).returning();
       return row;
     },
 

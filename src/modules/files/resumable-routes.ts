@@ -2,11 +2,12 @@ import type { Server } from "bun";
 import { Elysia, t } from "elysia";
 import type { ResumableRow } from "../../db/schema";
 import { type AuthGuard, BEARER_SECURITY, requireAuth, requireVerifiedEmail } from "../../http/auth";
-import { pathOf } from "../../http/client";
 import { errorResponses, errors } from "../../http/errors";
 import { perUser, type RateLimits } from "../../http/rate-limit";
+import type { MetaReader } from "../../http/request-meta";
+import { routedPath } from "../../http/request-target";
 import { IdParams } from "../users/model";
-import type { Resumable } from "./resumable";
+import type { Resumable, TusRequest } from "./resumable";
 import {
   OFFSET_OCTET_STREAM,
   ResumableUpload,
@@ -16,8 +17,6 @@ import {
 } from "./resumable-model";
 import type { FilesPrincipal } from "./routes";
 
-/** The tus routes (their bodies are streamed, never parsed). */
-export const RESUMABLE_PATHS = ["/uploads/resumable", "/uploads/resumable/:id"] as const;
 const BASE = "/uploads/resumable";
 
 /**
@@ -28,7 +27,7 @@ const BASE = "/uploads/resumable";
 export function tusProtocol(apiPrefix: string) {
   const base = `${apiPrefix}${BASE}`;
   return new Elysia({ name: "tus-protocol" }).onRequest(({ request, set }) => {
-    const path = pathOf(request.url);
+    const path = routedPath(request.url);
     if (path !== base && !path.startsWith(`${base}/`)) return;
     set.headers["tus-resumable"] = TUS_VERSION;
     if (request.method === "OPTIONS" || request.method === "GET") return;
@@ -53,6 +52,9 @@ const OCTET_BODY = {
   content: { [OFFSET_OCTET_STREAM]: { schema: { type: "string" as const, format: "binary" } } },
 };
 
+/** What the handlers read of their context. */
+type HandlerContext = Parameters<MetaReader>[0] & { server: Server<unknown> | null };
+
 /** The headers that tell a client where an upload stands. */
 function describe(row: ResumableRow): Record<string, string> {
   const headers: Record<string, string> = {
@@ -65,13 +67,18 @@ function describe(row: ResumableRow): Record<string, string> {
   return headers;
 }
 
+/**
+ * The tus routes. They declare no body schema, so the body parser leaves their bodies to the service,
+ * which streams them.
+ */
 export function resumableRoutes<P extends FilesPrincipal>(deps: {
   resumable: Resumable;
   guard: AuthGuard<P>;
   limits: RateLimits["perRoute"];
+  meta: MetaReader;
   apiPrefix: string;
 }) {
-  const { resumable, guard, limits, apiPrefix } = deps;
+  const { resumable, guard, limits, meta, apiPrefix } = deps;
   const discovery = ({ set }: { set: { status?: number | string; headers: Record<string, string | number> } }) => {
     set.status = 204;
     Object.assign(set.headers, {
@@ -91,16 +98,17 @@ export function resumableRoutes<P extends FilesPrincipal>(deps: {
     },
   });
   /** A body streamed by the service: Bun's idle timeout (deaf to body bytes) is off, the service watches it. */
-  const tusRequest = (request: Request, server: Server<unknown> | null) => {
-    server?.timeout(request, 0);
+  const tusRequest = (context: HandlerContext): TusRequest => {
+    context.server?.timeout(context.request, 0);
     return {
-      contentType: request.headers.get("content-type"),
-      contentLength: request.headers.get("content-length"),
-      body: request.body,
+      contentType: context.request.headers.get("content-type"),
+      contentLength: context.request.headers.get("content-length"),
+      body: context.request.body,
+      meta: meta(context),
     };
   };
-  const takeBytes = (user: P["user"], id: string, request: Request, server: Server<unknown> | null) =>
-    resumable.patch(user, id, request.headers.get("upload-offset"), tusRequest(request, server));
+  const takeBytes = (user: P["user"], id: string, context: HandlerContext) =>
+    resumable.patch(user, id, context.request.headers.get("upload-offset"), tusRequest(context));
   const head = (row: ResumableRow, set: { headers: Record<string, string | number> }) => {
     Object.assign(set.headers, describe(row), { "cache-control": "no-store" });
   };
@@ -112,7 +120,8 @@ export function resumableRoutes<P extends FilesPrincipal>(deps: {
     .options("/:id", discovery, discoveryOptions("files_resumable_options_upload"))
     .post(
       "",
-      async ({ principal, request, server, set }) => {
+      async (context) => {
+        const { principal, request, set } = context;
         const row = await resumable.create(
           principal.user,
           {
@@ -120,7 +129,7 @@ export function resumableRoutes<P extends FilesPrincipal>(deps: {
             deferLength: request.headers.get("upload-defer-length"),
             metadata: request.headers.get("upload-metadata"),
           },
-          tusRequest(request, server),
+          tusRequest(context),
         );
         set.status = 201;
         Object.assign(set.headers, describe(row), { location: `${apiPrefix}${BASE}/${row.id}` });
@@ -206,8 +215,9 @@ export function resumableRoutes<P extends FilesPrincipal>(deps: {
     )
     .patch(
       "/:id",
-      async ({ principal, params, request, server, set }) => {
-        Object.assign(set.headers, describe(await takeBytes(principal.user, params.id, request, server)));
+      async (context) => {
+        const { principal, params, set } = context;
+        Object.assign(set.headers, describe(await takeBytes(principal.user, params.id, context)));
         set.status = 204;
       },
       {
@@ -236,11 +246,12 @@ export function resumableRoutes<P extends FilesPrincipal>(deps: {
     )
     .post(
       "/:id",
-      async ({ principal, params, request, server, set }) => {
+      async (context) => {
+        const { principal, params, request, set } = context;
         // tus' X-HTTP-Method-Override, for clients behind proxies that drop PATCH and DELETE.
         const method = request.headers.get("x-http-method-override")?.trim().toUpperCase();
         if (method === "PATCH") {
-          Object.assign(set.headers, describe(await takeBytes(principal.user, params.id, request, server)));
+          Object.assign(set.headers, describe(await takeBytes(principal.user, params.id, context)));
         } else if (method === "DELETE") {
           await resumable.terminate(principal.user, params.id);
         } else {

@@ -1,5 +1,6 @@
 import type { ResumableInspection, ResumableRow } from "../../db/schema";
 import { AppError, errors, loggableError } from "../../http/errors";
+import type { RequestMeta } from "../../http/request-meta";
 import type { Logger } from "../../platform/logger";
 import { ResumableBytesLostError, type ResumableState, type ResumableStorage } from "../../platform/resumable-storage";
 import type { ObjectStorage, PendingObject } from "../../platform/storage";
@@ -31,11 +32,13 @@ export interface ResumableDeps {
   leaseMs?: number;
 }
 
-/** What a request sends: its headers as they came, and the body (tus bytes, or none). */
+/** What a request sends: its headers as they came, the body (tus bytes, or none), and who sent it. */
 export interface TusRequest {
   contentType: string | null;
   contentLength: string | null;
   body: ReadableStream<Uint8Array> | null;
+  /** For the audit log, should the last byte bring malware. */
+  meta: RequestMeta;
 }
 
 /** A crashed instance's hold frees itself this long after its last renewal. */
@@ -180,6 +183,7 @@ export function createResumable(deps: ResumableDeps) {
     token: string,
     state: ResumableState | null,
     inspector: ReturnType<typeof resumableInspector>,
+    meta: RequestMeta,
   ): Promise<ResumableRow> {
     try {
       await inspector.finish();
@@ -206,13 +210,19 @@ export function createResumable(deps: ResumableDeps) {
       throw error;
     }
     try {
-      const file = await ingest.store({ id: ownerId }, row.storageKey, pending, {
-        filename: row.filename,
-        contentType: row.contentType,
-        size: row.length,
-        hash,
-        isPublic: row.isPublic,
-      });
+      const file = await ingest.store(
+        { id: ownerId },
+        row.storageKey,
+        pending,
+        {
+          filename: row.filename,
+          contentType: row.contentType,
+          size: row.length,
+          hash,
+          isPublic: row.isPublic,
+        },
+        meta,
+      );
       return (await repo.complete(row.id, file.id, config.expireHours)) as ResumableRow;
     } catch (error) {
       // ingest.store left nothing of the file; the upload goes with it.
@@ -287,7 +297,7 @@ export function createResumable(deps: ResumableDeps) {
         throw error;
       }
       const offset = row.offset + received;
-      if (offset === row.length) return await complete(ownerId, row, token, state, inspector);
+      if (offset === row.length) return await complete(ownerId, row, token, state, inspector, request.meta);
       const saved = await repo.progress(
         row.id,
         token,

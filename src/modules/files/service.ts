@@ -1,29 +1,39 @@
-import type { Role } from "../../db/schema";
+import type { FileRow, Role } from "../../db/schema";
 import { hasPermission } from "../../http/auth";
-import { errors } from "../../http/errors";
-import type { ObjectStorage } from "../../platform/storage";
-import { contentDisposition, matchesEtag, parseRange } from "./download";
-import { createIngest, type IngestDeps } from "./ingest";
+import { errors, loggableError } from "../../http/errors";
+import type { RequestMeta } from "../../http/request-meta";
+import type { Metrics } from "../../platform/metrics";
+import { StorageUnavailableError } from "../../platform/storage";
+import { type Download, type DownloadConditions, type S3Delivery, serveStored } from "./download";
+import { createIngest, IDEMPOTENCY_KEY_TTL_MS, type IngestDeps } from "./ingest";
+import { createShareLinks } from "./links";
+import type { ShareLinksRepo } from "./links-repo";
 import { cleanFilename, type FileChanges, type FileInfo, type FileListParams, toFileInfo } from "./model";
+import { SpoolReadError } from "./spool";
 
 export type { FilesConfig } from "./ingest";
 
 /** Who asks: a signed-in user, or nobody (public files only). */
 export type Viewer = { id: string; role: Role } | undefined;
 
-/** What the route sends back for a download. */
-export interface Download {
-  status: 200 | 206 | 304;
-  headers: Record<string, string>;
-  body: ReturnType<ObjectStorage["read"]> | null;
-}
-
+/** A backup's pins older than this belong to a backup that died with its process. */
+const STALE_PIN_MS = 86_400_000;
 /** Keys retired at once when a user is deleted (each an empty write on S3). */
 const RETIRE_BATCH = 16;
 
-/** Uploads (`ingest.ts`), downloads, listing, renaming and deletion of files. */
-export function createFilesService(deps: IngestDeps) {
-  const { repo, storage, logger, notify = () => {} } = deps;
+/** Expired share links and Idempotency-Keys are pruned this often. */
+const PRUNE_INTERVAL_MS = 3_600_000;
+
+export interface FilesDeps extends IngestDeps {
+  links: ShareLinksRepo;
+  metrics: Pick<Metrics, "uploadStored" | "uploadScanned" | "downloadFailed">;
+  /** How a bucket's bytes reach clients (S3_DOWNLOAD_MODE). */
+  s3Delivery: S3Delivery;
+}
+
+/** Uploads (`ingest.ts`), downloads, share links (`links.ts`), listing, renaming and deletion of files. */
+export function createFilesService(deps: FilesDeps) {
+  const { repo, storage, logger, audit, metrics, notify = () => {} } = deps;
   const ingest = createIngest(deps);
 
   const isAdmin = (viewer: Viewer) => viewer !== undefined && hasPermission(viewer.role, "files:read");
@@ -45,8 +55,93 @@ export function createFilesService(deps: IngestDeps) {
     return row;
   }
 
+  /**
+   * The bytes with their headers; a download the storage fails to deliver whole is logged once with its
+   * request id, counted, and answered 503 (spooling finds the failure before the status line goes out).
+   * `downloaded`: record `file.downloaded` with these details.
+   */
+  async function deliver(
+    row: FileRow,
+    conditions: DownloadConditions,
+    meta: RequestMeta,
+    downloaded?: { actorId: string | null; details: Record<string, unknown> },
+  ): Promise<Download> {
+    let download: Download;
+    try {
+      download = await serveStored(storage, row, conditions, deps.s3Delivery);
+    } catch (error) {
+      if (conditions.signal?.aborted) throw errors.badRequest("Download aborted by the client");
+      if (!(error instanceof SpoolReadError || error instanceof StorageUnavailableError)) throw error;
+      logger.warn("download failed: the storage did not deliver the file", {
+        request_id: meta.requestId,
+        file_id: row.id,
+        ...(error instanceof SpoolReadError && { bytes_received: error.received, bytes_expected: error.expected }),
+        error: loggableError(error.cause ?? error),
+      });
+      metrics.downloadFailed();
+      throw errors.unavailable("The file storage failed while sending the file; try again");
+    }
+    if (downloaded && download.status !== 304) {
+      try {
+        await audit.recordAlone({
+          action: "file.downloaded",
+          actorId: downloaded.actorId,
+          target: { type: "file", id: row.id },
+          details: { ...downloaded.details, status: download.status },
+          meta,
+        });
+      } catch (error) {
+        await download.release?.();
+        throw error;
+      }
+    }
+    return download;
+  }
+
+  /** Removes expired share links and Idempotency-Keys; returns how many of each. */
+  async function prune(now = Date.now()): Promise<{ links: number; keys: number }> {
+    const [links, keys] = await Promise.all([
+      deps.links.pruneExpired(new Date(now)),
+      repo.pruneKeys(new Date(now - IDEMPOTENCY_KEY_TTL_MS)),
+    ]);
+    return { links, keys };
+  }
+
+  /**
+   * Finishes what uploads cut short by a crash left: a temporary with a row is committed (the upload had
+   * succeeded), one without a row and older than `olderThanMs` (so not an upload in flight) is removed,
+   * and so are backup pins left by a backup that never ended. Returns how many of each.
+   */
+  async function recover(olderThanMs: number): Promise<{ committed: number; removed: number }> {
+    const cutoff = Date.now() - olderThanMs;
+    const done = { committed: 0, removed: 0 };
+    for (const temporary of await storage.temporaries()) {
+      try {
+        if (await repo.findByStorageKey(temporary.key)) {
+          await storage.commit(temporary.key, { retired: true });
+          done.committed++;
+        } else if (temporary.modifiedAt < cutoff) {
+          await storage.delete(temporary.key);
+          done.removed++;
+        }
+      } catch (error) {
+        // Committed, retired or deleted meanwhile by the request that owns it; the next round looks again.
+        logger.warn("sweep skipped a temporary", { storage_key: temporary.key, error: (error as Error).message });
+      }
+    }
+    await storage.releaseStalePins?.(STALE_PIN_MS);
+    return done;
+  }
+
   return {
     ...ingest,
+
+    links: createShareLinks({
+      repo: deps.links,
+      audit,
+      owned: (actor, id) => owned(actor, id, "files:write"),
+      deliver,
+    }),
 
     async list(viewer: NonNullable<Viewer>, params: FileListParams) {
       const wantsOthers = params.all || (params.owner_id !== undefined && params.owner_id !== viewer.id);
@@ -58,47 +153,16 @@ export function createFilesService(deps: IngestDeps) {
 
     get: async (viewer: Viewer, id: string) => toFileInfo(await visible(viewer, id)),
 
-    /** The bytes with the headers a browser and a cache need: ranges, validators, a safe disposition. */
-    async download(
-      viewer: Viewer,
-      id: string,
-      conditions: { range: string | null; ifNoneMatch: string | null },
-    ): Promise<Download> {
+    /** The bytes with the headers a browser and a cache need; a download by anyone but the owner is audited. */
+    async download(viewer: Viewer, id: string, conditions: DownloadConditions, meta: RequestMeta): Promise<Download> {
       const row = await visible(viewer, id);
-      // Checked first: Bun answers a missing file with its own error page, past our error mapper. A row
-      // without bytes is an upload being committed (or deleted) this instant.
-      if (!(await storage.stat(row.storageKey))) throw errors.notFound("File");
-      const etag = `"${row.fileHash}"`;
-      const headers: Record<string, string> = {
-        etag,
-        "accept-ranges": "bytes",
-        "cache-control": row.isPublic ? "public, no-cache" : "private, no-cache",
-      };
-      if (matchesEtag(conditions.ifNoneMatch, etag)) return { status: 304, headers, body: null };
-      Object.assign(headers, {
-        "content-type": row.contentType,
-        "content-disposition": contentDisposition(row.filename),
-      });
-      const range = parseRange(conditions.range, row.fileSize);
-      if (range === "unsatisfiable") {
-        throw errors.rangeNotSatisfiable(row.fileSize);
-      }
-      if (!range) {
-        return {
-          status: 200,
-          headers: { ...headers, "content-length": String(row.fileSize) },
-          body: storage.read(row.storageKey),
-        };
-      }
-      return {
-        status: 206,
-        headers: {
-          ...headers,
-          "content-length": String(range.end - range.start + 1),
-          "content-range": `bytes ${range.start}-${range.end}/${row.fileSize}`,
-        },
-        body: storage.read(row.storageKey, range),
-      };
+      const byOther = viewer?.id !== row.ownerId;
+      return deliver(
+        row,
+        conditions,
+        meta,
+        byOther ? { actorId: viewer?.id ?? null, details: { owner_id: row.ownerId } } : undefined,
+      );
     },
 
     async update(viewer: NonNullable<Viewer>, id: string, changes: FileChanges): Promise<FileInfo> {
@@ -112,12 +176,24 @@ export function createFilesService(deps: IngestDeps) {
     },
 
     /** The row first, then the bytes: a failure in between leaves unreachable bytes, never a row without them. */
-    async delete(viewer: NonNullable<Viewer>, id: string): Promise<void> {
+    async delete(viewer: NonNullable<Viewer>, id: string, meta: RequestMeta): Promise<void> {
       const found = await owned(viewer, id, "files:delete");
       // Retired first (a storage outage is a 503 with nothing changed): bytes a failed delete leaves
       // behind are then a temporary without a row, which the start-up sweep removes.
       await storage.retire(found.storageKey);
-      const row = await repo.delete(id);
+      const row = await audit.transaction(async (tx) => {
+        const deleted = await repo.delete(id, tx);
+        if (deleted) {
+          await audit.record(tx, {
+            action: "file.deleted",
+            actorId: viewer.id,
+            target: { type: "file", id },
+            details: { owner_id: deleted.ownerId, filename: deleted.filename },
+            meta,
+          });
+        }
+        return deleted;
+      });
       if (!row) throw errors.notFound("File");
       await storage.delete(row.storageKey).catch((error: Error) =>
         logger.warn("a deleted file's bytes are left for the start-up sweep", {
@@ -141,24 +217,42 @@ export function createFilesService(deps: IngestDeps) {
       return () => storage.delete(...keys);
     },
 
+    recover,
+
+    prune,
+
+    /** Prunes now and every hour after; returns what stops it. */
+    startPruning(): () => void {
+      const run = () =>
+        prune().catch((error) =>
+          logger.warn("pruning share links and idempotency keys failed", { error: loggableError(error) }),
+        );
+      void run();
+      const timer = setInterval(run, PRUNE_INTERVAL_MS);
+      timer.unref?.();
+      return () => clearInterval(timer);
+    },
+
     /**
-     * Finishes what uploads cut short by a crash left (run at start-up): a temporary with a row is
-     * committed (the upload had succeeded), one without a row and older than `olderThanMs` (so not an
-     * upload in flight elsewhere) is removed. Returns how many of each.
+     * Runs `recover` now and every `everyMs`, each round under `exclusive` (a lock in the database, so
+     * one instance sweeps at a time; a round another instance holds is skipped). Returns what stops it.
      */
-    async recover(olderThanMs: number): Promise<{ committed: number; removed: number }> {
-      const cutoff = Date.now() - olderThanMs;
-      const done = { committed: 0, removed: 0 };
-      for (const temporary of await storage.temporaries()) {
-        if (await repo.findByStorageKey(temporary.key)) {
-          await storage.commit(temporary.key);
-          done.committed++;
-        } else if (temporary.modifiedAt < cutoff) {
-          await storage.delete(temporary.key);
-          done.removed++;
-        }
-      }
-      return done;
+    startSweep(options: {
+      everyMs: number;
+      orphanAgeMs: number;
+      exclusive: <T>(work: () => Promise<T>) => Promise<T | undefined>;
+    }): () => void {
+      const round = () =>
+        options
+          .exclusive(() => recover(options.orphanAgeMs))
+          .then((done) => {
+            if (done && (done.committed || done.removed)) logger.info("swept temporary uploads", done);
+          })
+          .catch((error: Error) => logger.warn("sweep of temporary uploads failed", { error: error.message }));
+      void round();
+      const timer = setInterval(round, options.everyMs);
+      timer.unref();
+      return () => clearInterval(timer);
     },
   };
 }

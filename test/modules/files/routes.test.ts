@@ -303,6 +303,16 @@ describe("who sees what", () => {
     expect((await list("?all=true", admin.access)).json.total).toBe(4);
   });
 
+  test("uploads racing for the last of a quota: exactly as many fit as the quota holds, from a user's first upload on", async () => {
+    const { ctx, user } = await withUser({ USER_STORAGE_QUOTA: "500" });
+    const answers = await Promise.all(
+      Array.from({ length: 12 }, (_, i) => upload(ctx, String(i % 10).repeat(100), { token: user.access })),
+    );
+    const statuses = answers.map((res) => res.status).sort();
+    expect(statuses).toEqual([...Array(5).fill(201), ...Array(7).fill(413)]);
+    expect(await stored(ctx, user.id)).toEqual({ objects: 5, temporaries: 0, rows: 5 });
+  });
+
   test("the total and the quota follow deletions, of a file and of a user; a page past the end keeps the total", async () => {
     const { ctx, user } = await withUser({ USER_STORAGE_QUOTA: "10" });
     const other = await signUp(ctx.app);

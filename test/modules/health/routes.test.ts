@@ -4,7 +4,7 @@ import { API, call, makeApp } from "../../support";
 
 /** A database nobody listens on: every query fails to connect at once. */
 const unreachableDb = () =>
-  connectPostgres({ url: "postgres://postgres@127.0.0.1:1/none", max: 1, connectTimeoutSeconds: 1 });
+  connectPostgres({ url: "postgres://postgres@127.0.0.1:1/none", max: 1, connectTimeoutMs: 1000 });
 
 describe("health", () => {
   test("GET /health reports database and cache", async () => {
