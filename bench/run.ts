@@ -20,6 +20,14 @@ import { startClamd } from "../test/clamd";
 import { startTestBucket } from "../test/s3";
 import { SCANNED_FILE_BYTES, type ScanLoads, scanLoads } from "./antivirus";
 import {
+  BACKUP_FILE_BYTES,
+  BACKUP_USERS,
+  type BackupResults,
+  backupRows,
+  type StartupResults,
+  startupRows,
+} from "./backup";
+import {
   BIG_FILE_BYTES,
   byRate,
   curlUpload,
@@ -58,6 +66,7 @@ import {
 import { type Delivery, eventDelivery, HELD_SOCKETS, type HeldSockets, heldSockets } from "./realtime";
 import { pairedDownloads, S3_DOWNLOAD_ROUNDS, type S3Download } from "./storage";
 import { BIG_ROUNDS, type UploadResults, type UploadServer, type UploadTarget, uploadLoads } from "./uploads";
+import { type VictimResult, victimLatency } from "./victim";
 import { runWrk, type WrkResult } from "./wrk";
 
 const ROOT = resolve(import.meta.dir, "..");
@@ -762,9 +771,9 @@ async function s3Stage(): Promise<{ me: Pair | Unavailable; download: S3Download
 }
 
 /** Two servers alike but for CLAMAV_URL, beside a clamd with a one-signature database (test/clamd.ts). */
-async function antivirusStage(): Promise<ScanLoads | Unavailable> {
+async function antivirusStage(): Promise<{ loads: ScanLoads | Unavailable; victim: VictimResult | Unavailable }> {
   const clamd = await startClamd({ streamMaxLength: "64M" }).catch((error: Error) => `n/a (clamd: ${error.message})`);
-  if (typeof clamd === "string") return clamd;
+  if (typeof clamd === "string") return { loads: clamd, victim: clamd };
   const limit = { MAX_UPLOAD_SIZE: String(16 * MiB) };
   const scanning = await startService(
     serverLaunch("server (clamd)", join(scratch, "data-av-on"), true, { ...limit, CLAMAV_URL: clamd.url }),
@@ -772,14 +781,68 @@ async function antivirusStage(): Promise<ScanLoads | Unavailable> {
   const plain = await startService(serverLaunch("server (no scan)", join(scratch, "data-av-off"), true, limit));
   try {
     const token = await signIn(plain.url);
-    if (typeof token !== "string") return token;
+    if (typeof token !== "string") return { loads: token, victim: token };
     progress("antivirus: uploads of 10 KiB and 5 MiB, scanning vs not");
-    return await scanLoads(scanning, plain, token, scratch);
+    const loads = await scanLoads(scanning, plain, token, scratch);
+    progress("antivirus: a victim's upload while 2 accounts trickle 2 uploads each");
+    const accounts = await Promise.all(
+      ["trickler1", "trickler2", "victim"].map((name) =>
+        signIn(scanning.url, { username: name, email: `${name}@example.com`, password: USER.password }),
+      ),
+    );
+    const [first, second, victim] = accounts as [string, string, string];
+    // A failed sign-in is a line saying why; a token is a JWT.
+    const failure = accounts.find((account) => account.startsWith("n/a"));
+    return { loads, victim: failure ?? (await victimLatency(scanning, [first, second], victim)) };
   } finally {
     await stop(scanning.child);
     await stop(plain.child);
     await clamd.dispose();
   }
+}
+
+/**
+ * The audit log's cost: logins (bcrypt cost 4, so the audit insert is not lost in the hashing) and 10 KiB
+ * uploads, each paired: a server with AUDIT_ENABLED against one without.
+ */
+async function auditStage(): Promise<{ login: Pair; upload: Pair } | Unavailable> {
+  const cheap = { BCRYPT_ROUNDS: "4" };
+  const on = await startService(serverLaunch("server (audit on)", join(scratch, "data-audit-on"), true, cheap));
+  const off = await startService(
+    serverLaunch("server (audit off)", join(scratch, "data-audit-off"), true, { ...cheap, AUDIT_ENABLED: "false" }),
+  );
+  try {
+    const user = { username: "audituser", email: "audit@example.com", password: USER.password };
+    const token = await signIn(on.url, user);
+    if (typeof token !== "string") return token;
+    progress("audit: logins and 10 KiB uploads, audit log on vs off");
+    const body = JSON.stringify({ username: user.username, password: user.password });
+    const login = await pairedLoad(
+      { url: `${on.url}/api/v1/auth/login`, method: "POST", body, pid: on.child.pid },
+      { url: `${off.url}/api/v1/auth/login`, method: "POST", body, pid: off.child.pid },
+      SMALL_UPLOAD_SHAPE,
+    );
+    const bodyFile = join(scratch, "audit-upload.body");
+    const contentType = writeMultipartBody(bodyFile, SMALL_FILE_BYTES);
+    const upload = { method: "POST" as const, bodyFile, contentType, authorization: `Bearer ${token}` };
+    const uploads = await pairedLoad(
+      { ...upload, url: `${on.url}/api/v1/uploads`, pid: on.child.pid },
+      { ...upload, url: `${off.url}/api/v1/uploads`, pid: off.child.pid },
+      SMALL_UPLOAD_SHAPE,
+    );
+    return { login, upload: uploads };
+  } finally {
+    await stop(on.child);
+    await stop(off.child);
+  }
+}
+
+/** What ships: backup and restore of a sizeable embedded DATA_DIR, and start-up with and without bytecode. */
+async function shipStage(): Promise<{ backup: BackupResults | Unavailable; startup: StartupResults | Unavailable }> {
+  const unavailable = (error: Error) => `n/a (${error.message.split("\n")[0]})` as Unavailable;
+  const startup = await startupRows(BINARY, progress).catch(unavailable);
+  const backup = await backupRows(BINARY, progress).catch(unavailable);
+  return { backup, startup };
 }
 
 // ---------------------------------------------------------------- report
@@ -1078,6 +1141,8 @@ async function main(): Promise<void> {
   const realtime = await realtimeStage();
   const storage = await s3Stage();
   const antivirus = await antivirusStage();
+  const audit = await auditStage();
+  const ship = await shipStage();
 
   progress("server on PGlite: first start (initdb), then timed starts");
   const pgliteLaunch = serverLaunch("server (PGlite)", join(scratch, "data-pglite"), false);
@@ -1236,11 +1301,77 @@ async function main(): Promise<void> {
       })),
     ),
     row(
+      "h1",
+      "POST /auth/login, audit log on vs off (bcrypt cost 4)",
+      "req/s",
+      { on: "ratio", op: ">=", limit: 0.95 },
+      ifMeasured(audit, ({ login }) => againstBaseline(login, "baseline: AUDIT_ENABLED=false")),
+    ),
+    row(
+      "h2",
+      "POST /uploads 10 KiB, audit log on vs off",
+      "req/s",
+      { on: "ratio", op: ">=", limit: 0.95 },
+      ifMeasured(audit, ({ upload }) => againstBaseline(upload, "baseline: AUDIT_ENABLED=false")),
+    ),
+    row(
+      "v3",
+      "12-byte upload while 2 accounts trickle 2 uploads each (clamd, 4 connections), worst of 10",
+      "ms",
+      { on: "value", op: "<", limit: 2000 },
+      ifMeasured(antivirus.victim, (victim) => ({
+        value: victim.worstMs,
+        note: `median ${ms(victim.medianMs)}; statuses ${[...new Set(victim.statuses)].join(", ")}; the four trickles send 4 KB every 100 ms each`,
+      })),
+    ),
+    row(
+      "x1",
+      `reviewpoint backup, ${BACKUP_USERS.toLocaleString("en")} users and ${BACKUP_FILE_BYTES / MiB} MiB of files`,
+      "MiB/s",
+      { on: "report" },
+      ifMeasured(ship.backup, (backup) => ({
+        value: backup.backupMiBs,
+        note: `${(backup.archiveBytes / MiB).toFixed(0)} MiB archive in ${backup.backupSeconds.toFixed(1)} s (the binary, server stopped)`,
+      })),
+    ),
+    row(
+      "x2",
+      "reviewpoint restore of that archive",
+      "MiB/s",
+      { on: "report" },
+      ifMeasured(ship.backup, (backup) => ({
+        value: backup.restoreMiBs,
+        note: `${backup.restoreSeconds.toFixed(1)} s, a new embedded database (initdb) included`,
+      })),
+    ),
+    row(
+      "x3",
+      "reviewpoint --version, with vs without --bytecode",
+      "ms",
+      { on: "report" },
+      ifMeasured(ship.startup, (startup) => ({
+        value: startup.versionMs.bytecode,
+        baseline: startup.versionMs.plain,
+        note: "medians; the whole program loaded, nothing opened",
+      })),
+    ),
+    row(
+      "x4",
+      "serve to ready (existing PGlite), with vs without --bytecode",
+      "ms",
+      { on: "report" },
+      ifMeasured(ship.startup, (startup) => ({
+        value: startup.readyMs.bytecode,
+        baseline: startup.readyMs.plain,
+        note: "medians",
+      })),
+    ),
+    row(
       "v1",
       `POST /uploads ${SMALL_UPLOAD_SHAPE.connections} conns, 10 KiB, clamd on vs off`,
       "req/s",
       { on: "report" },
-      ifMeasured(antivirus, ({ small }) =>
+      ifMeasured(antivirus.loads, ({ small }) =>
         againstBaseline(small, `p99 ${ms(small.server.p99Ms)} scanning (${ms(small.baseline.p99Ms)} without)`),
       ),
     ),
@@ -1249,7 +1380,7 @@ async function main(): Promise<void> {
       `POST /uploads ${SCANNED_FILE_BYTES / MiB} MiB, clamd on vs off`,
       "MiB/s",
       { on: "report" },
-      ifMeasured(antivirus, ({ big }) => ({
+      ifMeasured(antivirus.loads, ({ big }) => ({
         value: (big.server.requestsPerSec * SCANNED_FILE_BYTES) / MiB,
         baseline: (big.baseline.requestsPerSec * SCANNED_FILE_BYTES) / MiB,
         wrk: big.server,
@@ -1278,6 +1409,8 @@ async function main(): Promise<void> {
       realtime,
       storage,
       antivirus,
+      audit,
+      ship,
     },
     { server: serverLog, "upload servers": uploadsLog, "files server": filesLog },
   );

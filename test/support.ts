@@ -260,12 +260,23 @@ export interface RawResponse {
 
 /**
  * Sends `request` byte for byte over a new TCP connection, as no HTTP client would (a made-up Host, a
- * malformed head), and reads until the server closes (send `Connection: close`) or `ms` pass.
+ * malformed head, a body trickling in: `request` may be a function that writes at its own pace), and
+ * reads until the server closes (send `Connection: close`) or `ms` pass.
  */
-export function rawHttp(port: number, request: string | Uint8Array, ms = 5000): Promise<RawResponse> {
+export function rawHttp(
+  port: number,
+  request: string | Uint8Array | ((write: (bytes: string | Uint8Array) => void) => Promise<void>),
+  ms = 5000,
+): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
-    const socket = net.connect(port, "127.0.0.1", () => socket.write(request));
+    const socket = net.connect(port, "127.0.0.1", () => {
+      if (typeof request === "function") {
+        void request((bytes) => {
+          if (!socket.destroyed) socket.write(bytes);
+        });
+      } else socket.write(request);
+    });
     const timer = setTimeout(() => socket.destroy(new Error(`no end of response within ${ms} ms`)), ms);
     socket.on("data", (chunk: Buffer) => chunks.push(chunk));
     socket.on("error", (error) => {

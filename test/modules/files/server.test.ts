@@ -8,7 +8,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { listenOptions } from "../../../src/app";
-import { API, eventually, expectError, makeApp, signUp, type TestContext } from "../../support";
+import { API, eventually, expectError, makeApp, rawHttp, signUp, type TestContext } from "../../support";
 import { NOTHING, sha256, stored } from "./fixtures";
 
 const CURL = Bun.which("curl");
@@ -396,28 +396,23 @@ describe.skipIf(!CURL)(`files through a real socket${CURL ? "" : " (skipped: cur
         const head = `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="slow.txt"\r\nContent-Type: text/plain\r\n\r\n`;
         const tail = `\r\n--${boundary}--\r\n`;
         const size = 10_000;
-        const socket = net.connect(port, "127.0.0.1");
-        const answer = new Promise<string>((resolve) => {
-          let text = "";
-          socket.on("data", (data) => {
-            text += data.toString();
-          });
-          socket.on("close", () => resolve(text));
-          socket.on("error", () => {});
-        });
-        await new Promise<void>((resolve) => socket.once("connect", resolve));
-        socket.write(
-          `POST ${API}/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n` +
-            `Content-Type: multipart/form-data; boundary=${boundary}\r\nContent-Length: ${head.length + size + tail.length}\r\n\r\n${head}`,
+        const answer = await rawHttp(
+          port,
+          async (write) => {
+            write(
+              `POST ${API}/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n` +
+                `Content-Type: multipart/form-data; boundary=${boundary}\r\nContent-Length: ${head.length + size + tail.length}\r\n\r\n${head}`,
+            );
+            for (let sent = 0; sent < size; sent += 500) {
+              write("s".repeat(500));
+              await Bun.sleep(250);
+            }
+            write(tail);
+          },
+          20_000,
         );
-        for (let sent = 0; sent < size && !socket.destroyed; sent += 500) {
-          socket.write("s".repeat(500));
-          await Bun.sleep(250);
-        }
-        socket.write(tail);
-        const text = await answer;
-        expect(text.split("\r\n")[0]).toBe("HTTP/1.1 201 Created");
-        expect(JSON.parse(text.slice(text.indexOf("\r\n\r\n") + 4)).file_size).toBe(size);
+        expect(answer.status).toBe(201);
+        expect(answer.json.file_size).toBe(size);
       },
       { idleTimeout: 2 },
     );
