@@ -36,6 +36,9 @@ import { createTokenService } from "./modules/auth/tokens";
 import { createVerificationRepo } from "./modules/auth/verification-repo";
 import { createShareLinksRepo } from "./modules/files/links-repo";
 import { createFilesRepo } from "./modules/files/repo";
+import { createResumable } from "./modules/files/resumable";
+import { createResumableRepo } from "./modules/files/resumable-repo";
+import { resumableRoutes, tusProtocol } from "./modules/files/resumable-routes";
 import { filesRoutes } from "./modules/files/routes";
 import { createFilesService } from "./modules/files/service";
 import { createSpool } from "./modules/files/spool";
@@ -54,6 +57,7 @@ import { createMetrics, type Metrics, noMetrics } from "./platform/metrics";
 import { createPasswordHasher } from "./platform/passwords";
 import { memoryPubSub, type PubSub } from "./platform/pubsub";
 import { createRateLimiter } from "./platform/rate-limiter";
+import { openResumable, type ResumableStorage } from "./platform/resumable-storage";
 import { s3Storage } from "./platform/s3-storage";
 import { keyedHash, secretBox } from "./platform/secret-box";
 import { diskStorage, type ObjectStorage } from "./platform/storage";
@@ -69,6 +73,8 @@ export interface AppDeps {
   mailer?: Mailer;
   /** Defaults to STORAGE_URL's bucket, or files under UPLOAD_DIR. */
   storage?: ObjectStorage;
+  /** Where resumable uploads' bytes wait; defaults to the twin of STORAGE_URL's storage. */
+  resumableStorage?: ResumableStorage;
   /** Defaults to Prometheus metrics, or none with METRICS_ENABLED=false. */
   metrics?: Metrics;
   /** Events between instances; defaults to this process only. */
@@ -165,10 +171,12 @@ export function createServices(deps: AppDeps) {
     logger,
     orm: db.orm,
   });
+  const filesRepo = createFilesRepo(db.orm);
+  const storage = deps.storage ?? openStorage(config.storage);
   const files = createFilesService({
-    repo: createFilesRepo(db.orm),
+    repo: filesRepo,
     links: createShareLinksRepo(db.orm),
-    storage: deps.storage ?? openStorage(config.storage),
+    storage,
     s3Delivery: {
       spool: createSpool(spoolDir(config)),
       presignSeconds: config.S3_DOWNLOAD_MODE === "redirect" ? config.S3_PRESIGN_SECONDS : undefined,
@@ -186,6 +194,20 @@ export function createServices(deps: AppDeps) {
     notify: realtime.notify,
     antivirus: antivirus && { scanner: antivirus.scanner, failOpen: !antivirus.required },
     audit,
+  });
+  const resumable = createResumable({
+    repo: createResumableRepo(db.orm),
+    files: filesRepo,
+    ingest: files,
+    bytes: deps.resumableStorage ?? openResumable(config.storage),
+    storage,
+    config: {
+      maxBytes: config.MAX_UPLOAD_SIZE,
+      allowedTypes: config.allowedFileTypes,
+      quota: config.USER_STORAGE_QUOTA,
+      expireHours: config.RESUMABLE_EXPIRE_HOURS,
+    },
+    logger,
   });
   const mailer =
     deps.mailer ??
@@ -252,7 +274,7 @@ export function createServices(deps: AppDeps) {
     mailer,
     logger,
   });
-  return { users, auth, files, limits, realtime, metrics, antivirus, audit, mfa, passkeys, verification };
+  return { users, auth, files, resumable, limits, realtime, metrics, antivirus, audit, mfa, passkeys, verification };
 }
 
 export type Services = ReturnType<typeof createServices>;
@@ -284,7 +306,7 @@ export function createApp(deps: AppDeps, services: Services = createServices(dep
     startedAt: deps.startedAt ?? Date.now(),
     antivirus: services.antivirus,
   });
-  const { users, auth, files, limits, realtime, metrics, audit, mfa, passkeys, verification } = services;
+  const { users, auth, files, resumable, limits, realtime, metrics, audit, mfa, passkeys, verification } = services;
   const guard = authGuard(auth.authenticate, { requireVerifiedEmail: config.REQUIRE_VERIFIED_EMAIL });
   const meta = requestMetaReader(config.TRUST_PROXY);
   const observers = [accessLog(logger), metrics.observer].filter(
@@ -306,6 +328,8 @@ export function createApp(deps: AppDeps, services: Services = createServices(dep
     // After CORS: a preflight answered there never reaches onAfterResponse, so it must not be counted.
     .use(deps.inFlight ? inFlightTracking(deps.inFlight) : new Elysia())
     .use(observability(observers))
+    // Before the limiter: every answer under the tus path, a 429 too, says Tus-Resumable.
+    .use(tusProtocol(API_PREFIX))
     .use(bodyParser({ formRoutes: FORM_ROUTES, app: (): RouteBodies => app }))
     .use(limits.perRequest)
     .use(docsRoutes)
@@ -317,6 +341,7 @@ export function createApp(deps: AppDeps, services: Services = createServices(dep
         .use(mfaRoutes({ mfa, guard, meta }))
         .use(passkeyRoutes({ passkeys, guard, limits: limits.perRoute, meta }))
         .use(usersRoutes({ users, guard, meta }))
+        .use(resumableRoutes({ resumable, guard, limits: limits.perRoute, meta, apiPrefix: API_PREFIX }))
         .use(
           filesRoutes({
             files,

@@ -72,6 +72,8 @@ const EnvSchema = T.Object({
   // An upload whose body brings no byte for this long ends with a 408; so does one slower than the timeout.
   UPLOAD_IDLE_SECONDS: T.Integer({ minimum: 1, maximum: 3600, default: 30 }),
   UPLOAD_TIMEOUT_SECONDS: T.Integer({ minimum: 1, maximum: 86_400, default: 3600 }),
+  // An unfinished resumable upload not continued for this long is removed, bytes and all.
+  RESUMABLE_EXPIRE_HOURS: T.Integer({ minimum: 1, maximum: 8760, default: 24 }),
   RATE_LIMIT_DEFAULT: T.String({ ...rate, default: "300/minute" }),
   TRUST_PROXY: T.Boolean({ default: false }),
   STORAGE_URL: T.Optional(T.String({ pattern: "^(s3://[^/]+(/.*)?|file://.+)$" })),

@@ -231,6 +231,8 @@ async function serveCommand(config: Config, logger: Logger) {
   // Every instance runs it; a lock in the database lets one prune at a time.
   const stopRetention = services.audit.startRetention();
   const stopPruning = services.files.startPruning();
+  // Expired resumable uploads and their bytes; a database lock lets one instance sweep them at a time.
+  const stopResumableSweep = services.resumable.startSweep();
   const app = createApp(deps, services).listen(listenOptions(config));
   // With the embedded database this process holds DATA_DIR: backups are made here, on request or on schedule.
   const archive = async () => (await openArchive({ db, storage, dataDir: config.DATA_DIR, build: BUILD })).stream;
@@ -280,6 +282,7 @@ async function serveCommand(config: Config, logger: Logger) {
     stopRetention();
     stopPruning();
     stopSweep();
+    stopResumableSweep();
     // Then close what is left: idle keep-alive sockets, and those whose unread body Bun holds after an
     // early answer (an oversize upload from a keep-alive client), which a graceful stop waits on forever.
     await server.stop(true);

@@ -1,5 +1,5 @@
 /** A real S3-compatible server for tests: s3rver (npm) in a child process, on a port of its choosing. */
-import { mkdtempSync, rmSync, utimesSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { S3Client } from "bun";
@@ -10,6 +10,8 @@ export interface TestBucket {
   setting: S3Setting;
   /** The settings that point an app at `prefix` in this bucket. */
   env(prefix: string): Record<string, string>;
+  /** Multipart uploads of keys under `prefix` begun and neither completed nor aborted (s3rver keeps them in a folder). */
+  openMultipartUploads(prefix: string): number;
   /** Sets an object's Last-Modified (s3rver reads it from its file's mtime). */
   backdate(path: string, when: Date): void;
   /** Freezes (SIGSTOP) or thaws (SIGCONT) the server: a bucket that hangs. */
@@ -75,6 +77,11 @@ export async function startTestBucket(): Promise<TestBucket> {
       S3_ACCESS_KEY_ID: CREDENTIALS.accessKeyId,
       S3_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey,
     }),
+    openMultipartUploads(prefix) {
+      const uploads = join(dir, BUCKET, "._S3rver_uploads");
+      const ids = existsSync(uploads) ? readdirSync(uploads) : [];
+      return ids.filter((id) => readFileSync(join(uploads, id, "key"), "utf8").startsWith(prefix)).length;
+    },
     backdate(path, when) {
       utimesSync(join(dir, BUCKET, `${path}._S3rver_object`), when, when);
     },

@@ -11,6 +11,7 @@ import m0003 from "../../drizzle/0003_auth_cache_replay.sql" with { type: "text"
 import m0004 from "../../drizzle/0004_file_stats.sql" with { type: "text" };
 import m0005 from "../../drizzle/0005_identity.sql" with { type: "text" };
 import m0006 from "../../drizzle/0006_share_links_idempotency.sql" with { type: "text" };
+import m0007 from "../../drizzle/0007_resumable_uploads.sql" with { type: "text" };
 import journal from "../../drizzle/meta/_journal.json" with { type: "json" };
 
 /** Each migration's SQL by its journal tag. */
@@ -22,6 +23,7 @@ export const MIGRATION_SQL: Readonly<Record<string, string>> = {
   "0004_file_stats": m0004,
   "0005_identity": m0005,
   "0006_share_links_idempotency": m0006,
+  "0007_resumable_uploads": m0007,
 };
 
 export interface JournalEntry {

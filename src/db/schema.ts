@@ -134,6 +134,58 @@ export const idempotencyKeys = pgTable(
   ],
 );
 
+const RESUMABLE_STATES = ["receiving", "completing", "complete"] as const;
+export type ResumableUploadState = (typeof RESUMABLE_STATES)[number];
+
+/** What the content checks carry from one request to the next (bytes as base64). */
+export interface ResumableInspection {
+  /** The first bytes, until the type is checked against them. */
+  head?: string;
+  /** The type was checked (magic bytes) and matched. */
+  typeChecked?: boolean;
+  /** The bytes of a UTF-8 character cut at the end of the last request. */
+  carry?: string;
+}
+
+/**
+ * tus uploads under way (and, until they expire, done): the offset, the lock and what the content checks
+ * carry from one PATCH to the next live here, so any instance continues an upload. A PATCH holds the
+ * upload through `lock_token` until `locked_until` (a lease it renews while it writes), so a crashed
+ * instance's lock frees itself. Its bytes wait in storage under `storage_key` (`storage_state` says how,
+ * on S3 the multipart upload's parts); the last byte makes them a File (`file_id`).
+ */
+export const resumableUploads = pgTable(
+  "resumable_uploads",
+  {
+    id: uuid("id").primaryKey().defaultRandom(),
+    /** Null once the owner is deleted: the sweep then removes the upload and its bytes. */
+    ownerId: uuid("owner_id").references(() => users.id, { onDelete: "set null" }),
+    state: text("state", { enum: RESUMABLE_STATES }).notNull().default("receiving"),
+    length: bigint("length", { mode: "number" }).notNull(),
+    offset: bigint("upload_offset", { mode: "number" }).notNull().default(0),
+    /** Upload-Metadata as received (validated), answered again on HEAD. */
+    metadata: text("metadata").notNull().default(""),
+    filename: varchar("filename", { length: 255 }).notNull(),
+    contentType: varchar("content_type", { length: 127 }).notNull(),
+    isPublic: boolean("is_public").notNull().default(false),
+    storageKey: text("storage_key").notNull().unique(),
+    storageState: jsonb("storage_state").$type<Record<string, unknown>>(),
+    /** The content checks' carry-over: the first bytes until the type is checked, a character cut at a PATCH's end. */
+    inspection: jsonb("inspection").$type<ResumableInspection>().notNull().default({}),
+    fileId: uuid("file_id").references(() => files.id, { onDelete: "set null" }),
+    lockToken: uuid("lock_token"),
+    lockedUntil: timestamptz("locked_until"),
+    createdAt: createdAt(),
+    expiresAt: timestamptz("expires_at").notNull(),
+  },
+  (table) => [
+    index("resumable_uploads_owner_idx").on(table.ownerId),
+    index("resumable_uploads_expires_idx").on(table.expiresAt),
+    check("resumable_uploads_state_check", sql`${table.state} in ('receiving', 'completing', 'complete')`),
+    check("resumable_uploads_offset_check", sql`${table.offset} between 0 and ${table.length}`),
+  ],
+);
+
 /** One row per login; the refresh token in circulation is the one whose jti matches. */
 export const authSessions = pgTable(
   "auth_sessions",
@@ -318,6 +370,7 @@ export const authChangeSeq = pgSequence("auth_change_seq");
 
 export type UserRow = typeof users.$inferSelect;
 export type FileRow = typeof files.$inferSelect;
+export type ResumableRow = typeof resumableUploads.$inferSelect;
 export type ShareLinkRow = typeof shareLinks.$inferSelect;
 export type PasskeyRow = typeof passkeys.$inferSelect;
 export type AuditEventRow = typeof auditEvents.$inferSelect;

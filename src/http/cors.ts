@@ -1,9 +1,11 @@
 import { Elysia } from "elysia";
 
-const ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
-const ALLOW_HEADERS = "Authorization, Content-Type, X-Request-ID";
+const ALLOW_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+// The tus headers, for resumable uploads from a browser (tus-js-client, Uppy).
+const ALLOW_HEADERS =
+  "Authorization, Content-Type, X-Request-ID, Tus-Resumable, Upload-Length, Upload-Metadata, Upload-Offset, Upload-Defer-Length, Upload-Concat, X-HTTP-Method-Override, X-Requested-With";
 const EXPOSE_HEADERS =
-  "X-Request-ID, Content-Disposition, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After";
+  "X-Request-ID, Content-Disposition, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After, Location, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Expires, Upload-File-Id";
 const PREFLIGHT_MAX_AGE = "600";
 
 /**

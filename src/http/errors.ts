@@ -13,6 +13,8 @@ export type ErrorCode =
   | "NOT_FOUND"
   | "REQUEST_TIMEOUT"
   | "CONFLICT"
+  | "PRECONDITION_FAILED"
+  | "LOCKED"
   | "PAYLOAD_TOO_LARGE"
   | "UNSUPPORTED_MEDIA_TYPE"
   | "RANGE_NOT_SATISFIABLE"
@@ -60,6 +62,9 @@ export const errors = {
     new AppError(403, "EMAIL_NOT_VERIFIED", "Verify your email address first (see POST /auth/request-verification)"),
   notFound: (what = "Resource") => new AppError(404, "NOT_FOUND", `${what} not found`),
   conflict: (message: string, details: ErrorDetail[] = []) => new AppError(409, "CONFLICT", message, details),
+  preconditionFailed: (message: string, headers: Record<string, string> = {}) =>
+    new AppError(412, "PRECONDITION_FAILED", message, [], headers),
+  locked: (message: string) => new AppError(423, "LOCKED", message, [], { "retry-after": String(RETRY_AFTER_SECONDS) }),
   tooLarge: (limit: number) => new AppError(413, "PAYLOAD_TOO_LARGE", `Request body exceeds ${limit} bytes`),
   overQuota: (quota: number) =>
     new AppError(413, "PAYLOAD_TOO_LARGE", `This upload would exceed your storage quota of ${quota} bytes`),
@@ -109,10 +114,12 @@ const ERROR_DESCRIPTIONS: Record<number, string> = {
   404: "Not found",
   408: "The body stopped arriving (no data for UPLOAD_IDLE_SECONDS) or took too long",
   409: "Conflicts with an existing resource",
+  412: "Precondition failed (a resumable upload request without Tus-Resumable: 1.0.0)",
   413: "Body too large",
   415: "Unsupported media type",
   416: "Range not satisfiable (see Content-Range)",
   422: "Validation failed",
+  423: "Locked: another request is writing to this upload",
   429: "Rate limited",
   503: "Database, storage or scanner unavailable, or the server is shutting down (see Retry-After)",
   507: "The upload storage is full; nothing was kept",

@@ -7,6 +7,8 @@ import { isProbePath } from "./rate-limit";
 
 type Operation = {
   "x-response-media-types"?: Record<string, string[]>;
+  "x-header-parameters"?: unknown[];
+  parameters?: unknown[];
   requestBody?: { content: Record<string, unknown>; required?: boolean };
   responses?: Record<string, { description?: string; content?: Record<string, unknown> }>;
 };
@@ -137,6 +139,10 @@ function repair(document: Document, app: AnyElysia, options: OpenApiOptions): Do
         if (response) response.content = Object.fromEntries(types.map((type) => [type, { schema: schema?.schema }]));
       }
       delete operation["x-response-media-types"];
+      // Headers a route reads itself (tus): the generator keeps only the parameters of its schemas.
+      const headers = operation["x-header-parameters"];
+      if (headers) operation.parameters = [...(operation.parameters ?? []), ...headers];
+      delete operation["x-header-parameters"];
       const body = operation.requestBody;
       if (!body) continue;
       implyErrors(responses, EVERY_BODY_ROUTE);
@@ -160,7 +166,8 @@ export function openapiRoute(app: AnyElysia, documentation: Record<string, unkno
   const build = (): Document => {
     const { paths, components } = toOpenAPISchema(
       withoutParseHooks(app),
-      { paths: [/^\/docs/, /^\/redoc/, "/openapi.json"] },
+      // OPTIONS too: the tus discovery routes are real operations (CORS preflights are answered before routing).
+      { paths: [/^\/docs/, /^\/redoc/, "/openapi.json"], methods: [] },
       undefined,
       undefined,
       OPENAPI_VERSION,

@@ -30,7 +30,7 @@ const RETRYABLE = new Set(["InternalError", "ServiceUnavailable", "SlowDown", "R
  * the bucket's (our keys are well-formed), so a 503 for the client. Streaming writes are not repeated
  * here: Bun's writer retries its own parts.
  */
-async function s3<T>(operation: string, call: () => T | Promise<T>, attempts = 3): Promise<T> {
+export async function s3<T>(operation: string, call: () => T | Promise<T>, attempts = 3): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await call();
@@ -40,6 +40,20 @@ async function s3<T>(operation: string, call: () => T | Promise<T>, attempts = 3
       else throw new StorageUnavailableError(operation, error);
     }
   }
+}
+
+/** Where a key's object and, while it is a temporary, its marker lie in the bucket. */
+export function s3Paths(prefix: string) {
+  const checked = (key: string) => {
+    if (!isStorageKey(key)) throw new Error("invalid storage key");
+    return key;
+  };
+  const markerTop = `${prefix}tmp/`;
+  return {
+    markerTop,
+    objectOf: (key: string) => `${prefix}objects/${checked(key)}`,
+    markerOf: (key: string) => `${markerTop}${checked(key)}`,
+  };
 }
 
 /**
@@ -57,13 +71,7 @@ export function s3Storage(setting: S3Setting): ObjectStorage {
     accessKeyId: setting.accessKeyId,
     secretAccessKey: setting.secretAccessKey,
   });
-  const checked = (key: string) => {
-    if (!isStorageKey(key)) throw new Error("invalid storage key");
-    return key;
-  };
-  const markerTop = `${setting.prefix}tmp/`;
-  const objectOf = (key: string) => `${setting.prefix}objects/${checked(key)}`;
-  const markerOf = (key: string) => `${markerTop}${checked(key)}`;
+  const { markerTop, objectOf, markerOf } = s3Paths(setting.prefix);
 
   const removeAll = async (paths: string[]) => {
     for (let at = 0; at < paths.length; at += DELETE_CONCURRENCY) {

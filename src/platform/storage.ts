@@ -117,7 +117,7 @@ export const isStorageKey = (key: string) => KEY.test(key);
  * Runs `work`, which creates `path`; when its folder is missing (ENOENT), makes the folder and runs it
  * again. Optimistic: a mkdir on every upload was 5-7% of a small upload's CPU, and folders exist but once.
  */
-async function inFolder<T>(path: string, work: () => Promise<T>): Promise<T> {
+export async function inFolder<T>(path: string, work: () => Promise<T>): Promise<T> {
   try {
     return await work();
   } catch (error) {
@@ -125,6 +125,12 @@ async function inFolder<T>(path: string, work: () => Promise<T>): Promise<T> {
     await mkdir(dirname(path), { recursive: true, mode: 0o700 });
     return work();
   }
+}
+
+/** The temporary of `key` under a disk storage's `root`: where an upload's bytes wait for their commit. */
+export function diskTemporaryPath(root: string, key: string): string {
+  if (!isStorageKey(key)) throw new Error("invalid storage key");
+  return join(root, "tmp", key);
 }
 
 /** Bytes gathered into one write to disk. */
@@ -164,10 +170,7 @@ export function diskStorage(root: string): ObjectStorage {
   const objectsDir = join(root, "objects");
   // Folders are made on first use: building the storage does no I/O.
 
-  const temporaryOf = (key: string) => {
-    if (!isStorageKey(key)) throw new Error("invalid storage key");
-    return join(tmpDir, key);
-  };
+  const temporaryOf = (key: string) => diskTemporaryPath(root, key);
   const pathOf = (key: string) => {
     // Keys are ours, but a key never becomes a path unless it is one of ours.
     if (!isStorageKey(key)) throw new Error("invalid storage key");

@@ -63,6 +63,7 @@ describe("migrations", () => {
         "idempotency_keys",
         "mfa_recovery_codes",
         "passkeys",
+        "resumable_uploads",
         "revoked_tokens",
         "share_links",
         "used_mfa_tokens",

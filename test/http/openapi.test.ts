@@ -168,7 +168,7 @@ describe("OpenAPI document: conventions", () => {
     expect(generic).toEqual([]);
   });
 
-  test("request bodies are JSON only (an HTML form too on login; multipart on uploads)", () => {
+  test("request bodies are JSON only (an HTML form too on login; multipart on uploads; tus bytes on resumable uploads)", () => {
     const bodies = operationsOf(doc)
       .filter(([, operation]) => operation.requestBody)
       .map(([key, operation]) => ({ key, media: Object.keys(operation.requestBody?.content ?? {}).sort() }));
@@ -178,9 +178,11 @@ describe("OpenAPI document: conventions", () => {
       media:
         key === `POST ${API}/auth/login`
           ? ["application/json", "application/x-www-form-urlencoded"]
-          : key === `POST ${API}/uploads` || key === `POST ${API}/uploads/`
-            ? ["multipart/form-data"]
-            : ["application/json"],
+          : key.includes(`${API}/uploads/resumable`)
+            ? ["application/offset+octet-stream"]
+            : key === `POST ${API}/uploads` || key === `POST ${API}/uploads/`
+              ? ["multipart/form-data"]
+              : ["application/json"],
     }));
     expect(bodies).toEqual(expected);
   });
@@ -341,6 +343,67 @@ describe("OpenAPI document: the server answers what it declares", () => {
     await send(204, "DELETE", `/uploads/${fileId}`, admin);
     await send(404, "DELETE", `/uploads/${fileId}`, admin);
 
+    // Resumable uploads (tus): discovery, creation with and without bytes, status, bytes, refusals, termination.
+    const b64 = (text: string) => Buffer.from(text).toString("base64");
+    const meta = (type = "text/plain") => `filename ${b64("notes.txt")},filetype ${b64(type)}`;
+    const tus = (headers: Record<string, string> = {}) => ({
+      ...admin,
+      headers: { "tus-resumable": "1.0.0", ...headers },
+    });
+    const bytesAt = (offset: number, body: string, type = "application/offset+octet-stream") => ({
+      ...tus({ "upload-offset": String(offset), "content-type": type }),
+      body,
+    });
+    await send(204, "OPTIONS", "/uploads/resumable");
+    await send(204, "OPTIONS", `/uploads/resumable/${UNKNOWN_ID}`);
+    const started = await send(
+      201,
+      "POST",
+      "/uploads/resumable",
+      tus({ "upload-length": "10", "upload-metadata": meta() }),
+    );
+    const tusPath = `/uploads/resumable/${started.json?.id ?? UNKNOWN_ID}`;
+    await send(200, "HEAD", tusPath, tus());
+    await send(200, "GET", tusPath, admin);
+    await send(409, "PATCH", tusPath, bytesAt(3, "abc"));
+    await send(415, "PATCH", tusPath, bytesAt(0, "abc", "text/plain"));
+    await send(413, "PATCH", tusPath, bytesAt(0, "0123456789ABC"));
+    await send(400, "PATCH", tusPath, bytesAt(Number.NaN, "abc"));
+    await send(204, "PATCH", tusPath, bytesAt(0, "01234"));
+    await send(412, "PATCH", tusPath, { ...admin, headers: { "upload-offset": "5" }, body: "56789" });
+    await send(401, "PATCH", tusPath, { headers: { "tus-resumable": "1.0.0", "upload-offset": "5" }, body: "56789" });
+    await send(422, "PATCH", "/uploads/resumable/not-a-uuid", bytesAt(5, "56789"));
+    await send(401, "HEAD", tusPath, { headers: { "tus-resumable": "1.0.0" } });
+    await send(204, "POST", tusPath, {
+      ...bytesAt(5, "56"),
+      headers: { ...bytesAt(5, "56").headers, "x-http-method-override": "PATCH" },
+    });
+    await send(400, "POST", tusPath, tus());
+    await send(412, "DELETE", tusPath, admin);
+    await send(204, "DELETE", tusPath, tus());
+    await send(404, "GET", tusPath, admin);
+    await send(404, "PATCH", tusPath, bytesAt(5, "56789"));
+    await send(404, "DELETE", tusPath, tus());
+    await send(422, "DELETE", "/uploads/resumable/not-a-uuid", tus());
+    await send(401, "GET", tusPath);
+    await send(422, "GET", "/uploads/resumable/not-a-uuid", admin);
+    await send(201, "POST", "/uploads/resumable", {
+      ...tus({ "upload-length": "5", "upload-metadata": meta(), "content-type": "application/offset+octet-stream" }),
+      body: "hello",
+    });
+    await send(400, "POST", "/uploads/resumable", tus({ "upload-metadata": meta() }));
+    await send(413, "POST", "/uploads/resumable", tus({ "upload-length": String(2 ** 40), "upload-metadata": meta() }));
+    await send(
+      415,
+      "POST",
+      "/uploads/resumable",
+      tus({ "upload-length": "5", "upload-metadata": meta("application/x-msdownload") }),
+    );
+    const notBool = `${meta()},is_public ${b64("maybe")}`;
+    await send(422, "POST", "/uploads/resumable", tus({ "upload-length": "5", "upload-metadata": notBool }));
+    await send(412, "POST", "/uploads/resumable", { ...admin, headers: { "upload-length": "5" } });
+    await send(401, "POST", "/uploads/resumable", { headers: { "tus-resumable": "1.0.0", "upload-length": "5" } });
+
     // Real-time: the socket's refusals (upgrades are tested over real sockets) and notifications.
     await send(401, "GET", "/ws");
     await send(400, "GET", `/ws?token=${admin.token}`);
@@ -370,6 +433,10 @@ describe("OpenAPI document: the server answers what it declares", () => {
     const strict = await makeApp({ REQUIRE_VERIFIED_EMAIL: "true" });
     const unverified = await signUp(strict.app);
     await proxy.send(strict.app, "POST", `${API}/uploads`, 403, { token: unverified.access, body: fileForm("x") });
+    await proxy.send(strict.app, "POST", `${API}/uploads/resumable`, 403, {
+      token: unverified.access,
+      headers: { "tus-resumable": "1.0.0", "upload-length": "5", "upload-metadata": meta() },
+    });
 
     // TOTP: enrolment, the two-step login, turning it off (by the user and by an admin).
     const password = { password: PASSWORD };

@@ -57,6 +57,9 @@ const BOOLEAN_FIELD = new Map([
   ["0", false],
 ]);
 
+/** `is_public` as a client sent it (a form field, a tus metadata value): false when absent, undefined when not a boolean. */
+export const parsePublicFlag = (flag: string | undefined) => (flag === undefined ? false : BOOLEAN_FIELD.get(flag));
+
 /**
  * How uploads become files: bytes streamed into a temporary object under a new key, inspected on the
  * way; then (`store`) made durable and size-checked, scanned from storage, inserted within the quota,
@@ -229,8 +232,7 @@ export function createIngest(deps: IngestDeps) {
       let file: InspectedFile;
       try {
         const received = await receiveUpload(request.body, request.contentType, config, pending, watch);
-        const flag = received.fields.is_public;
-        const isPublic = flag === undefined ? false : BOOLEAN_FIELD.get(flag);
+        const isPublic = parsePublicFlag(received.fields.is_public);
         if (isPublic === undefined) throw errors.validation([{ field: "is_public", issue: "Must be true or false" }]);
         file = { ...received, isPublic };
       } catch (error) {

@@ -23,7 +23,7 @@ export interface UploadLimits {
 export const MULTIPART_OVERHEAD = 64 * 1024;
 
 // file-type reads at most this much of the start of a file.
-const SNIFF_BYTES = 4100;
+export const SNIFF_BYTES = 4100;
 const MAX_FIELDS = 8;
 const MAX_FIELD_BYTES = 1024;
 
@@ -42,8 +42,8 @@ function unfinishedTail(bytes: Uint8Array): number {
  * UTF-8 validation across chunks, without decoding into strings (that made garbage on every chunk of
  * a big text upload): a character cut at a chunk's end is carried over to the next.
  */
-export function utf8Validator() {
-  let carry: Uint8Array = new Uint8Array(0);
+export function utf8Validator(carried: Uint8Array = new Uint8Array(0)) {
+  let carry: Uint8Array = carried;
   let valid = true;
   return {
     push(chunk: Uint8Array) {
@@ -54,7 +54,16 @@ export function utf8Validator() {
       carry = bytes.slice(cut);
     },
     valid: () => valid && carry.byteLength === 0,
+    /** Valid so far (the bytes of an unfinished last character aside). */
+    validSoFar: () => valid,
+    /** The unfinished last character's bytes, to carry into a later request. */
+    carry: () => carry,
   };
+}
+
+/** Whether a binary file's first bytes are the declared type's magic bytes. */
+export async function magicMatches(head: Uint8Array, declared: string): Promise<boolean> {
+  return (await fileTypeFromBuffer(head))?.mime === declared;
 }
 
 /**
@@ -86,7 +95,7 @@ export function contentInspector(declared: string, maxBytes: number) {
     },
     /** Throws 415 unless the content matches the declared type (magic bytes; valid UTF-8 for text). */
     async requireMatch() {
-      const matches = utf8 ? utf8.valid() : (await fileTypeFromBuffer(head.subarray(0, headSize)))?.mime === declared;
+      const matches = utf8 ? utf8.valid() : await magicMatches(head.subarray(0, headSize), declared);
       if (!matches) throw errors.unsupportedMediaType(`The content is not ${declared}`);
     },
     digest: () => hash.digest("hex"),
@@ -113,7 +122,7 @@ export interface BodyWatch {
  * The body's chunks, ended early with the reason's error when the watch fires. One timer per body, not
  * one per chunk: a chunk only bumps a counter, and the check every half idle period compares it.
  */
-async function* watched(body: ReadableStream<Uint8Array>, watch: BodyWatch): AsyncGenerator<Uint8Array> {
+export async function* watched(body: ReadableStream<Uint8Array>, watch: BodyWatch): AsyncGenerator<Uint8Array> {
   const reader = body.getReader();
   let stopped: AppError | undefined;
   const stop = (reason: AppError) => {

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { CLAMD, EICAR, EICAR_SIGNATURE, startClamd, type TestClamd } from "../../clamd";
 import { API, call, expectError, makeApp, signUp, type TestContext, testBucket } from "../../support";
 import { NOTHING, SAMPLES, stored, upload } from "./fixtures";
+import { b64, EMPTY, ENDPOINT, holdings } from "./tus";
 
 setDefaultTimeout(30_000);
 
@@ -73,6 +74,31 @@ describe.skipIf(!CLAMD)("antivirus (clamd; .ci/run installs clamav-daemon)", () 
     expect(await stored(ctx)).toEqual(NOTHING);
     expect((await upload(ctx, SAMPLES.text, { token: user.access })).status).toBe(201);
     expect(await stored(ctx)).toEqual({ objects: 1, temporaries: 0, rows: 1 });
+  });
+
+  test("a resumable upload is scanned when its last byte arrives: EICAR split over requests is 422, nothing kept", async () => {
+    const { ctx, user } = await scanningApp(clamd);
+    const headers = (extra: Record<string, string>) => ({ "tus-resumable": "1.0.0", ...extra });
+    const meta = `filename ${b64("eicar.txt")},filetype ${b64("text/plain")}`;
+    const eicar = new TextEncoder().encode(EICAR);
+    const created = await call(ctx.app, "POST", ENDPOINT, {
+      token: user.access,
+      headers: headers({ "upload-length": String(eicar.byteLength), "upload-metadata": meta }),
+    });
+    const path = created.headers.get("location") as string;
+    const half = Math.floor(eicar.byteLength / 2);
+    const send = (from: number, to: number) =>
+      call(ctx.app, "PATCH", path, {
+        token: user.access,
+        body: eicar.subarray(from, to),
+        headers: headers({ "upload-offset": String(from), "content-type": "application/offset+octet-stream" }),
+      });
+    expect((await send(0, half)).status).toBe(204);
+    const last = await send(half, eicar.byteLength);
+    expectError(last, 422, "MALWARE_DETECTED", ["file"]);
+    expect(last.json.error.details[0].issue).toBe(EICAR_SIGNATURE);
+    expect(await holdings(ctx)).toEqual(EMPTY);
+    expect(await metric(ctx, "infected")).toBe(1);
   });
 
   test("20 concurrent uploads with the scanner on (4 connections) all succeed", async () => {
