@@ -64,6 +64,7 @@ import {
   syscallsDuring,
 } from "./profile";
 import { type Delivery, eventDelivery, HELD_SOCKETS, type HeldSockets, heldSockets } from "./realtime";
+import { type ResumableResults, resumableVsMultipart } from "./resumable";
 import { pairedDownloads, S3_DOWNLOAD_ROUNDS, type S3Download } from "./storage";
 import { BIG_ROUNDS, type UploadResults, type UploadServer, type UploadTarget, uploadLoads } from "./uploads";
 import { type VictimResult, victimLatency } from "./victim";
@@ -837,6 +838,23 @@ async function auditStage(): Promise<{ login: Pair; upload: Pair } | Unavailable
   }
 }
 
+/** Resumable uploads: 20 MiB in 1 MiB tus chunks against one multipart upload of the same file. */
+async function resumableStage(): Promise<ResumableResults | Unavailable> {
+  const server = await startService(
+    serverLaunch("server (resumable)", join(scratch, "data-tus"), true, { MAX_UPLOAD_SIZE: String(32 * MiB) }),
+  );
+  try {
+    const token = await signIn(server.url);
+    if (typeof token !== "string") return token;
+    progress("resumable: 20 MiB in 1 MiB tus chunks vs one multipart upload");
+    return await resumableVsMultipart({ url: server.url, token });
+  } catch (error) {
+    return `n/a (${(error as Error).message.split("\n")[0]})`;
+  } finally {
+    await stop(server.child);
+  }
+}
+
 /** What ships: backup and restore of a sizeable embedded DATA_DIR, and start-up with and without bytecode. */
 async function shipStage(): Promise<{ backup: BackupResults | Unavailable; startup: StartupResults | Unavailable }> {
   const unavailable = (error: Error) => `n/a (${error.message.split("\n")[0]})` as Unavailable;
@@ -1142,6 +1160,7 @@ async function main(): Promise<void> {
   const storage = await s3Stage();
   const antivirus = await antivirusStage();
   const audit = await auditStage();
+  const resumable = await resumableStage();
   const ship = await shipStage();
 
   progress("server on PGlite: first start (initdb), then timed starts");
@@ -1315,6 +1334,17 @@ async function main(): Promise<void> {
       ifMeasured(audit, ({ upload }) => againstBaseline(upload, "baseline: AUDIT_ENABLED=false")),
     ),
     row(
+      "t1",
+      "20 MiB in 1 MiB tus chunks vs one multipart upload",
+      "MiB/s",
+      { on: "report" },
+      ifMeasured(resumable, (tus) => ({
+        value: tus.tusMibPerSec,
+        baseline: tus.multipartMibPerSec,
+        note: `medians of ${tus.rounds} alternating rounds; each PATCH is a request of its own (auth, limits, a lease in the database, an fsync)`,
+      })),
+    ),
+    row(
       "v3",
       "12-byte upload while 2 accounts trickle 2 uploads each (clamd, 4 connections), worst of 10",
       "ms",
@@ -1410,6 +1440,7 @@ async function main(): Promise<void> {
       storage,
       antivirus,
       audit,
+      resumable,
       ship,
     },
     { server: serverLog, "upload servers": uploadsLog, "files server": filesLog },
