@@ -1,33 +1,23 @@
-import { existsSync } from "node:fs";
-import { rm } from "node:fs/promises";
-import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { Value } from "@sinclair/typebox/value";
 import { createApp, createServices, listenOptions, openStorage, spoolDir } from "./app";
 import { COMMIT, type Config, ConfigError, loadConfig, readEnvironment, VERSION } from "./config";
-import { connectPostgres, type Database, openPglite, postgresOptions } from "./db/client";
 import { runMigrations } from "./db/migrate";
+import { openDatabase } from "./db/open";
 import { AppError } from "./http/errors";
-import { backupFileName, fileSystemProblem, writeNewFile } from "./modules/backup/files";
+import { openArchive } from "./modules/backup/archive";
+import { backupCommand, restoreCommand } from "./modules/backup/commands";
 import { BackupError } from "./modules/backup/model";
 import { startBackupSchedule } from "./modules/backup/schedule";
-import { openArchive, restoreArchive } from "./modules/backup/service";
 import { createSpool } from "./modules/files/spool";
 import { CLOSE_GOING_AWAY } from "./modules/realtime/service";
 import { AdminCreateBody } from "./modules/users/model";
 import { COMMAND_LINE } from "./modules/users/service";
-import { requestBackup, serveControl } from "./platform/control-socket";
-import {
-  controlSocketPath,
-  DataDirInUseError,
-  DataDirUnusableError,
-  LOCK_FILE,
-  lockDataDir,
-} from "./platform/data-dir";
+import { serveControl } from "./platform/control-socket";
+import { controlSocketPath, DataDirInUseError, DataDirUnusableError } from "./platform/data-dir";
 import { createStore, MemoryStore } from "./platform/kv";
 import { createLogger, type Logger } from "./platform/logger";
 import { createPubSub } from "./platform/pubsub";
-import { diskStorage } from "./platform/storage";
 
 const HELP = `ReViewPoint API server ${VERSION}
 
@@ -63,105 +53,6 @@ const SPOOL_ORPHAN_AGE_MS = 3_600_000;
 const FINAL_ANSWERS_MS = 1000;
 
 const BUILD = { version: VERSION, commit: COMMIT };
-const pgdataOf = (config: Config) => join(config.DATA_DIR, "pgdata");
-
-/** Postgres, or the embedded database under DATA_DIR's lock (released when it is closed). */
-async function openDatabase(config: Config, logger: Logger): Promise<Database> {
-  if (config.databaseUrl) return connectPostgres(postgresOptions(config.databaseUrl, config, logger));
-  const lock = lockDataDir(config.DATA_DIR);
-  try {
-    const db = await openPglite(pgdataOf(config));
-    return {
-      ...db,
-      close: async () => {
-        await db.close();
-        lock.release();
-      },
-    };
-  } catch (error) {
-    lock.release();
-    throw error;
-  }
-}
-
-/** Backups cover the embedded database and files on disk; elsewhere the operator uses the stores' own. */
-function requireEmbedded(config: Config, command: "backup" | "restore") {
-  if (config.databaseUrl) {
-    throw new BackupError(
-      `${command}: this deployment uses PostgreSQL; use pg_dump/pg_restore for the database (and a copy of UPLOAD_DIR or the bucket's own versioning for the files)`,
-    );
-  }
-  if (config.storage.kind === "s3") {
-    throw new BackupError(
-      `${command}: the files are in an S3 bucket; use the bucket's own versioning or replication for them (and ${command} covers the embedded database only with files on disk)`,
-    );
-  }
-}
-
-async function backupCommand(config: Config, logger: Logger, output: string | undefined) {
-  requireEmbedded(config, "backup");
-  const file = resolve(output ?? backupFileName());
-  if (existsSync(file)) throw new BackupError(`backup: ${file} exists already; choose another --output`);
-  if (!existsSync(pgdataOf(config))) throw new BackupError(`backup: DATA_DIR ${config.DATA_DIR} holds no database`);
-  let stream: ReadableStream<Uint8Array>;
-  let db: Database | undefined;
-  try {
-    db = await openDatabase(config, logger);
-    stream = (await openArchive({ db, storage: diskStorage(config.uploadDir), dataDir: config.DATA_DIR, build: BUILD }))
-      .stream;
-  } catch (error) {
-    if (!(error instanceof DataDirInUseError)) throw error;
-    // The server has the database open: it makes the archive and streams it here.
-    stream = await requestBackup(controlSocketPath(config.DATA_DIR)).catch((failure: Error) => {
-      throw new BackupError(`backup: ${failure.message}`);
-    });
-  }
-  try {
-    const bytes = await writeNewFile(file, stream);
-    logger.info("backup written", { file, bytes });
-  } catch (error) {
-    if (error instanceof BackupError) throw error;
-    throw new BackupError(
-      `backup: the archive could not be completed (${(error as Error).message}); nothing was written`,
-    );
-  } finally {
-    await db?.close();
-  }
-}
-
-async function restoreCommand(config: Config, logger: Logger, file: string | undefined) {
-  if (!file) throw new ConfigError("restore needs the archive: reviewpoint restore FILE; see --help");
-  requireEmbedded(config, "restore");
-  if (!existsSync(file)) throw new BackupError(`restore: ${file} does not exist`);
-  const dataDirExisted = existsSync(config.DATA_DIR);
-  const lockExisted = existsSync(join(config.DATA_DIR, LOCK_FILE));
-  const lock = lockDataDir(config.DATA_DIR);
-  try {
-    const manifest = await restoreArchive(Bun.file(file).stream(), {
-      dataDir: config.DATA_DIR,
-      storage: diskStorage(config.uploadDir),
-      uploadDir: config.uploadDir,
-      openDatabase: () => openPglite(pgdataOf(config)),
-      build: BUILD,
-      ignored: [LOCK_FILE],
-    });
-    logger.info("restored", {
-      file,
-      made_by: manifest.version,
-      created_at: manifest.created_at,
-      files: manifest.files,
-      tables: manifest.tables,
-    });
-  } catch (error) {
-    // Nothing written: not even the folder or the lock file this command made.
-    lock.release();
-    if (!dataDirExisted) await rm(config.DATA_DIR, { recursive: true, force: true });
-    else if (!lockExisted) await rm(join(config.DATA_DIR, LOCK_FILE), { force: true });
-    throw error instanceof BackupError ? error : fileSystemProblem("restore", config.DATA_DIR, error);
-  } finally {
-    lock.release();
-  }
-}
 
 async function migrateCommand(config: Config, logger: Logger) {
   const db = await openDatabase(config, logger);
@@ -324,9 +215,9 @@ async function main(argv: string[]) {
     case "create-admin":
       return createAdminCommand(config, logger, values.username, values.email);
     case "backup":
-      return backupCommand(config, logger, values.output);
+      return backupCommand(config, logger, BUILD, values.output);
     case "restore":
-      return restoreCommand(config, logger, positionals[1]);
+      return restoreCommand(config, logger, BUILD, positionals[1]);
     default:
       throw new ConfigError(`unknown command "${command}"; see --help`);
   }
