@@ -49,6 +49,9 @@ export interface InspectedFile {
 /** How long an upload's Idempotency-Key names its file. */
 export const IDEMPOTENCY_KEY_TTL_MS = 24 * 3_600_000;
 
+/** Bodies declared at most this long skip the quota's early check (the insert makes the real one). */
+const QUOTA_PRECHECK_BYTES = 256 * 1024;
+
 // Own keys only: `__proto__` or `constructor` must not read as a value.
 const BOOLEAN_FIELD = new Map([
   ["true", true],
@@ -225,8 +228,11 @@ export function createIngest(deps: IngestDeps) {
         throw errors.tooLarge(config.maxBytes);
       }
       const claim = idempotencyKey === undefined ? undefined : keyClaim(owner.id, idempotencyKey);
-      // A retry of an upload stored already is answered even when that upload filled the quota.
-      if (!(claim && (await repo.fileOfKey(claim)))) await requireRoom(owner.id);
+      // A retry of an upload stored already is answered even when that upload filled the quota. A body
+      // declared small is read without asking first: the insert checks the quota anyway, and for it the
+      // extra round trip cost more than the bytes it could spare (a fifth of a 10 KiB upload's CPU).
+      const small = request.contentLength !== undefined && request.contentLength <= QUOTA_PRECHECK_BYTES;
+      if (!small && !(claim && (await repo.fileOfKey(claim)))) await requireRoom(owner.id);
       const key = Bun.randomUUIDv7();
       const pending = await storage.begin(key);
       let file: InspectedFile;

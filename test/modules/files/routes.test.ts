@@ -303,6 +303,40 @@ describe("who sees what", () => {
     expect((await list("?all=true", admin.access)).json.total).toBe(4);
   });
 
+  test("a user at the quota is refused before a big body is read; a small one is read and refused at the insert", async () => {
+    const { ctx, user } = await withUser({ USER_STORAGE_QUOTA: "100" });
+    expect((await upload(ctx, "q".repeat(100), { token: user.access })).status).toBe(201);
+    let pulled = 0;
+    const head = `--B\r\nContent-Disposition: form-data; name="file"; filename="big.txt"\r\nContent-Type: text/plain\r\n\r\n`;
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        controller.enqueue(new TextEncoder().encode(head));
+      },
+      pull(controller) {
+        pulled++;
+        controller.enqueue(new Uint8Array(64 * 1024).fill(0x61));
+        if (pulled === 16) {
+          controller.enqueue(new TextEncoder().encode("\r\n--B--\r\n"));
+          controller.close();
+        }
+      },
+    });
+    const big = await call(ctx.app, "POST", `${API}/uploads`, {
+      body,
+      token: user.access,
+      headers: {
+        "content-type": "multipart/form-data; boundary=B",
+        "content-length": String(head.length + 16 * 65_536 + 10),
+      },
+    });
+    expectError(big, 413, "PAYLOAD_TOO_LARGE");
+    expect(big.json.error.message).toContain("quota");
+    expect(pulled).toBeLessThan(2);
+    const small = await upload(ctx, "s", { token: user.access });
+    expectError(small, 413, "PAYLOAD_TOO_LARGE");
+    expect(await stored(ctx, user.id)).toEqual({ objects: 1, temporaries: 0, rows: 1 });
+  });
+
   test("uploads racing for the last of a quota: exactly as many fit as the quota holds, from a user's first upload on", async () => {
     const { ctx, user } = await withUser({ USER_STORAGE_QUOTA: "500" });
     const answers = await Promise.all(
