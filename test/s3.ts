@@ -21,6 +21,11 @@ export interface TestBucket {
   restart(): Promise<void>;
   /** Stops the server (by PID) and removes its data. */
   stop(): Promise<void>;
+  /**
+   * Starts the server again if it has exited on its own (it did, once, in a long CI run), saying how it
+   * ended and what it printed last, so one lost server fails one test instead of every one after it.
+   */
+  ensureRunning(): Promise<void>;
 }
 
 const BUCKET = "reviewpoint-test";
@@ -48,14 +53,15 @@ async function launch(dir: string, port: number) {
   const server = Bun.spawn([runtime, "-e", LAUNCHER, require.resolve("s3rver"), dir, BUCKET, String(port)], {
     stdin: "pipe",
     stdout: "pipe",
-    stderr: "pipe",
+    // A file, not a pipe nobody reads: it can neither fill up nor be lost when the server dies.
+    stderr: Bun.file(`${dir}.stderr`),
   });
   const reader = server.stdout.getReader();
   let said = "";
   let listening: string | undefined;
   while (!listening) {
     const { value, done } = await reader.read();
-    if (done) throw new Error(`s3rver did not start: ${await new Response(server.stderr).text()}`);
+    if (done) throw new Error(`s3rver did not start: ${await Bun.file(`${dir}.stderr`).text()}`);
     said += new TextDecoder().decode(value);
     listening = said.match(/listening on (\d+)/)?.[1];
   }
@@ -97,6 +103,15 @@ export async function startTestBucket(): Promise<TestBucket> {
       server.kill("SIGKILL");
       await server.exited;
       rmSync(dir, { recursive: true, force: true });
+      rmSync(`${dir}.stderr`, { force: true });
+    },
+    async ensureRunning() {
+      if (server.exitCode === null && server.signalCode === null) return;
+      const said = (await Bun.file(`${dir}.stderr`).text()).trim().split("\n").slice(-10).join("\n");
+      console.error(
+        `s3rver had exited (code ${server.exitCode}, signal ${server.signalCode}); restarting it. It said:\n${said}`,
+      );
+      ({ server, port } = await launch(dir, port));
     },
   };
 }

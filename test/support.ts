@@ -23,9 +23,11 @@ export const TEST_STORAGE = process.env.TEST_STORAGE === "s3" ? "s3" : "disk";
 let bucket: Promise<TestBucket> | undefined;
 
 /** The run's s3rver, started on first use, gone with the process. */
-export function testBucket(): Promise<TestBucket> {
+export async function testBucket(): Promise<TestBucket> {
   bucket ??= startTestBucket();
-  return bucket;
+  const started = await bucket;
+  await started.ensureRunning();
+  return started;
 }
 
 /** A new, empty Postgres database beside TEST_DATABASE_URL's, for tests that need one to themselves. */
