@@ -21,26 +21,32 @@ const ADMIN_PASSWORD = "adminpass1";
 
 beforeAll(buildBinary, 120_000);
 
-describe("the binary as shipped (an empty folder, the checkout out of sight)", () => {
-  test("--version names the version and the commit; --help; a bad setting → one line, exit 2", async () => {
-    const dir = operatorDir();
-    const version = await finished(runShipped(dir, ["--version"]));
-    expect(version.code).toBe(0);
-    expect(version.stdout.trim()).toMatch(
-      new RegExp(`^reviewpoint ${pkg.version} \\(commit [0-9a-f]{40}(-dirty)?\\)$`),
-    );
-    const help = await finished(runShipped(dir, ["--help"]));
-    expect(help.code).toBe(0);
-    for (const command of ["serve", "migrate", "create-admin", "backup", "restore"])
-      expect(help.stdout).toContain(command);
-    const bad = await finished(runShipped(dir, ["serve"], { env: { PORT: "not-a-port" } }));
-    expect(bad.code).toBe(2);
-    expect(bad.stderr.trim()).toStartWith("config: PORT");
-    expect(bad.stderr.trim().split("\n")).toHaveLength(1);
-    rmSync(dir, { recursive: true, force: true });
-  });
+/** The embedded database's tests run once, in the PGlite run; the PostgreSQL run tests its own kind. */
+const EMBEDDED_RUN = !TEST_DATABASE_URL;
 
-  test("a DATA_DIR that cannot be made or written → one line, exit 2", async () => {
+describe("the binary as shipped (an empty folder, the checkout out of sight)", () => {
+  test.skipIf(!EMBEDDED_RUN)(
+    "--version names the version and the commit; --help; a bad setting → one line, exit 2",
+    async () => {
+      const dir = operatorDir();
+      const version = await finished(runShipped(dir, ["--version"]));
+      expect(version.code).toBe(0);
+      expect(version.stdout.trim()).toMatch(
+        new RegExp(`^reviewpoint ${pkg.version} \\(commit [0-9a-f]{40}(-dirty)?\\)$`),
+      );
+      const help = await finished(runShipped(dir, ["--help"]));
+      expect(help.code).toBe(0);
+      for (const command of ["serve", "migrate", "create-admin", "backup", "restore"])
+        expect(help.stdout).toContain(command);
+      const bad = await finished(runShipped(dir, ["serve"], { env: { PORT: "not-a-port" } }));
+      expect(bad.code).toBe(2);
+      expect(bad.stderr.trim()).toStartWith("config: PORT");
+      expect(bad.stderr.trim().split("\n")).toHaveLength(1);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  );
+
+  test.skipIf(!EMBEDDED_RUN)("a DATA_DIR that cannot be made or written → one line, exit 2", async () => {
     const dir = operatorDir();
     writeFileSync(join(dir, "a-file"), "");
     mkdirSync(join(dir, "readonly"));
@@ -58,51 +64,61 @@ describe("the binary as shipped (an empty folder, the checkout out of sight)", (
     rmSync(dir, { recursive: true, force: true });
   });
 
-  test("DATA_DIR and everything in it is owner-only, even under umask 000", async () => {
-    const dir = operatorDir();
-    const dataDir = join(dir, "data");
-    const result = await finished(
-      runShipped(dir, ["migrate"], { env: { ENVIRONMENT: "development", DATA_DIR: dataDir }, setup: "umask 000" }),
-    );
-    expect(result.code).toBe(0);
-    const entries = [dataDir, ...readdirSync(dataDir, { recursive: true }).map((name) => join(dataDir, String(name)))];
-    expect(entries.some((path) => path.endsWith("secret_key"))).toBe(true);
-    expect(entries.some((path) => path.includes("pgdata"))).toBe(true);
-    expect(entries.filter((path) => (statSync(path).mode & 0o077) !== 0)).toEqual([]);
-    rmSync(dir, { recursive: true, force: true });
-  }, 30_000);
+  test.skipIf(!EMBEDDED_RUN)(
+    "DATA_DIR and everything in it is owner-only, even under umask 000",
+    async () => {
+      const dir = operatorDir();
+      const dataDir = join(dir, "data");
+      const result = await finished(
+        runShipped(dir, ["migrate"], { env: { ENVIRONMENT: "development", DATA_DIR: dataDir }, setup: "umask 000" }),
+      );
+      expect(result.code).toBe(0);
+      const entries = [
+        dataDir,
+        ...readdirSync(dataDir, { recursive: true }).map((name) => join(dataDir, String(name))),
+      ];
+      expect(entries.some((path) => path.endsWith("secret_key"))).toBe(true);
+      expect(entries.some((path) => path.includes("pgdata"))).toBe(true);
+      expect(entries.filter((path) => (statSync(path).mode & 0o077) !== 0)).toEqual([]);
+      rmSync(dir, { recursive: true, force: true });
+    },
+    30_000,
+  );
 
-  test("killed with -9, the embedded server starts again at once (the kernel drops its lock with it)", async () => {
-    const dir = operatorDir();
-    const port = freePort();
-    const env = { DATA_DIR: join(dir, "data"), PORT: String(port), HOST: "127.0.0.1", ENVIRONMENT: "development" };
-    const first = runShipped(dir, ["serve"], { env });
-    await untilReady(`http://127.0.0.1:${port}`, first);
-    first.kill("SIGKILL");
-    await first.exited;
-    // At once: systemd restarts after 100 ms, and a refusal here would count against its start limit.
-    const second = runShipped(dir, ["serve"], { env });
-    await untilReady(`http://127.0.0.1:${port}`, second);
-    second.kill("SIGTERM");
-    expect(await second.exited).toBe(0);
-    rmSync(dir, { recursive: true, force: true });
-  }, 60_000);
+  test.skipIf(!EMBEDDED_RUN)(
+    "killed with -9, the embedded server starts again at once (the kernel drops its lock with it)",
+    async () => {
+      const dir = operatorDir();
+      const port = freePort();
+      const env = { DATA_DIR: join(dir, "data"), PORT: String(port), HOST: "127.0.0.1", ENVIRONMENT: "development" };
+      const first = runShipped(dir, ["serve"], { env });
+      await untilReady(`http://127.0.0.1:${port}`, first);
+      first.kill("SIGKILL");
+      await first.exited;
+      // At once: systemd restarts after 100 ms, and a refusal here would count against its start limit.
+      const second = runShipped(dir, ["serve"], { env });
+      await untilReady(`http://127.0.0.1:${port}`, second);
+      second.kill("SIGTERM");
+      expect(await second.exited).toBe(0);
+      rmSync(dir, { recursive: true, force: true });
+    },
+    60_000,
+  );
 
-  // The embedded database always; Postgres (a database of its own) + Redis when the run has them.
-  const kinds: [string, () => Promise<{ env: Record<string, string>; drop?: () => Promise<void> }>][] = [
-    ["embedded database", async () => ({ env: {} })],
-  ];
-  if (TEST_DATABASE_URL) {
-    kinds.push([
-      "PostgreSQL + Redis",
-      async () => {
-        const scratch = await scratchPostgres("e2e");
-        const env: Record<string, string> = { REVIEWPOINT_DB_URL: scratch.url };
-        if (TEST_REDIS_URL) env.REDIS_URL = TEST_REDIS_URL;
-        return { env, drop: scratch.drop };
-      },
-    ]);
-  }
+  // Each run its own database: the embedded one, or Postgres (a database of its own) + Redis.
+  const kinds: [string, () => Promise<{ env: Record<string, string>; drop?: () => Promise<void> }>][] = EMBEDDED_RUN
+    ? [["embedded database", async () => ({ env: {} })]]
+    : [
+        [
+          "PostgreSQL + Redis",
+          async () => {
+            const scratch = await scratchPostgres("e2e");
+            const env: Record<string, string> = { REVIEWPOINT_DB_URL: scratch.url };
+            if (TEST_REDIS_URL) env.REDIS_URL = TEST_REDIS_URL;
+            return { env, drop: scratch.drop };
+          },
+        ],
+      ];
 
   for (const [kind, database] of kinds) {
     describe(`on the ${kind}`, () => {

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { openPglite } from "../../src/db/client";
 import { rowsOf } from "../../src/db/migrate";
 import { JOURNAL } from "../../src/db/migrations";
-import { buildBinary, finished, freePort, operatorDir, REPO_ROOT, runShipped } from "../support";
+import { buildBinary, finished, freePort, operatorDir, REPO_ROOT, runShipped, TEST_DATABASE_URL } from "../support";
 import { clientOf, samplePdf, untilReady } from "./client";
 
 /** The last commit before the release that made the binary self-contained: the previous release. */
@@ -60,68 +60,73 @@ async function rowCounts(pgdata: string): Promise<Record<string, number>> {
   }
 }
 
-describe("upgrading from the previous release's binary", () => {
-  const dir = operatorDir("rp-upgrade-");
-  const data = mkdtempSync(join(tmpdir(), "rp-upgrade-data-"));
-  const port = freePort();
-  const base = `http://127.0.0.1:${port}`;
-  const env = {
-    PATH: process.env.PATH ?? "",
-    DATA_DIR: data,
-    PORT: String(port),
-    HOST: "127.0.0.1",
-    ENVIRONMENT: "production",
-    SECRET_KEY: "upgrade-secret-upgrade-secret-upgrade-secret-01",
-    BCRYPT_ROUNDS: "4",
-    LOG_LEVEL: "warn",
-  };
-  const api = clientOf(base);
-  let previous: string;
+// A DATA_DIR of the embedded database, upgraded: the PGlite run has it.
+describe.skipIf(Boolean(TEST_DATABASE_URL))(
+  "upgrading from the previous release's binary (embedded database; the PGlite run)",
+  () => {
+    const dir = operatorDir("rp-upgrade-");
+    const data = mkdtempSync(join(tmpdir(), "rp-upgrade-data-"));
+    const port = freePort();
+    const base = `http://127.0.0.1:${port}`;
+    const env = {
+      PATH: process.env.PATH ?? "",
+      DATA_DIR: data,
+      PORT: String(port),
+      HOST: "127.0.0.1",
+      ENVIRONMENT: "production",
+      SECRET_KEY: "upgrade-secret-upgrade-secret-upgrade-secret-01",
+      BCRYPT_ROUNDS: "4",
+      LOG_LEVEL: "warn",
+    };
+    const api = clientOf(base);
+    let previous: string;
 
-  beforeAll(async () => {
-    [previous] = await Promise.all([previousRelease(), buildBinary()]);
-  }, 300_000);
+    beforeAll(async () => {
+      [previous] = await Promise.all([previousRelease(), buildBinary()]);
+    }, 300_000);
 
-  afterAll(() => {
-    rmSync(dir, { recursive: true, force: true });
-    rmSync(data, { recursive: true, force: true });
-  });
+    afterAll(() => {
+      rmSync(dir, { recursive: true, force: true });
+      rmSync(data, { recursive: true, force: true });
+    });
 
-  test("today's binary opens a DATA_DIR the previous release made, migrates it, keeps every row and byte", async () => {
-    // The previous release as its users ran it (beside its build tree, which it needed).
-    const old = Bun.spawn([previous, "serve"], { cwd: RELEASE_DIR, env, stdout: "ignore", stderr: "pipe" });
-    await untilReady(base, old);
-    const files = new Map<string, { user: string; bytes: Uint8Array }>();
-    for (let u = 0; u < 3; u++) {
-      const username = `upgrade${u}`;
-      const { access } = await api.signUp(username);
-      for (let f = 0; f < 2; f++) {
-        const bytes = samplePdf(50_000 + u * 70_000 + f);
-        files.set((await api.upload(access, bytes, `paper-${u}-${f}.pdf`, "application/pdf")).id, {
-          user: username,
-          bytes,
-        });
+    test("today's binary opens a DATA_DIR the previous release made, migrates it, keeps every row and byte", async () => {
+      // The previous release as its users ran it (beside its build tree, which it needed).
+      const old = Bun.spawn([previous, "serve"], { cwd: RELEASE_DIR, env, stdout: "ignore", stderr: "pipe" });
+      await untilReady(base, old);
+      const files = new Map<string, { user: string; bytes: Uint8Array }>();
+      for (let u = 0; u < 3; u++) {
+        const username = `upgrade${u}`;
+        const { access } = await api.signUp(username);
+        for (let f = 0; f < 2; f++) {
+          const bytes = samplePdf(50_000 + u * 70_000 + f);
+          files.set((await api.upload(access, bytes, `paper-${u}-${f}.pdf`, "application/pdf")).id, {
+            user: username,
+            bytes,
+          });
+        }
       }
-    }
-    old.kill("SIGTERM");
-    expect(await old.exited).toBe(0);
-    const before = await rowCounts(join(data, "pgdata"));
-    expect(before.users).toBe(3);
+      old.kill("SIGTERM");
+      expect(await old.exited).toBe(0);
+      const before = await rowCounts(join(data, "pgdata"));
+      expect(before.users).toBe(3);
 
-    const migrate = await finished(runShipped(dir, ["migrate"], { env: { ...env, LOG_LEVEL: "info" } }));
-    expect(migrate.code).toBe(0);
-    const applied = JSON.parse(migrate.stdout.trim().split("\n").at(-1) as string).applied;
-    expect(applied).toBe(JOURNAL.length - PREVIOUS_MIGRATIONS);
-    const after = await rowCounts(join(data, "pgdata"));
-    for (const [table, rows] of Object.entries(before)) expect({ table, rows: after[table] }).toEqual({ table, rows });
+      const migrate = await finished(runShipped(dir, ["migrate"], { env: { ...env, LOG_LEVEL: "info" } }));
+      expect(migrate.code).toBe(0);
+      const applied = JSON.parse(migrate.stdout.trim().split("\n").at(-1) as string).applied;
+      expect(applied).toBe(JOURNAL.length - PREVIOUS_MIGRATIONS);
+      const after = await rowCounts(join(data, "pgdata"));
+      for (const [table, rows] of Object.entries(before))
+        expect({ table, rows: after[table] }).toEqual({ table, rows });
 
-    const server = runShipped(dir, ["serve"], { env });
-    await untilReady(base, server);
-    for (const [id, { user, bytes }] of files) {
-      const { access } = await api.login(user);
-      expect(Buffer.from(await api.download(access, id)).equals(Buffer.from(bytes))).toBe(true);
-    }
-    server.kill("SIGTERM");
-    expect(await server.exited).toBe(0);
-  }, 180_000);
-});
+      const server = runShipped(dir, ["serve"], { env });
+      await untilReady(base, server);
+      for (const [id, { user, bytes }] of files) {
+        const { access } = await api.login(user);
+        expect(Buffer.from(await api.download(access, id)).equals(Buffer.from(bytes))).toBe(true);
+      }
+      server.kill("SIGTERM");
+      expect(await server.exited).toBe(0);
+    }, 180_000);
+  },
+);

@@ -7,7 +7,17 @@ import { runMigrations } from "../../../src/db/migrate";
 import { openArchive } from "../../../src/modules/backup/archive";
 import { startBackupSchedule } from "../../../src/modules/backup/schedule";
 import { diskStorage } from "../../../src/platform/storage";
-import { API, call, eventually, makeApp, memoryLogger, scratchDir, signUp, type TestContext } from "../../support";
+import {
+  API,
+  call,
+  eventually,
+  makeApp,
+  memoryLogger,
+  scratchDir,
+  signUp,
+  TEST_DATABASE_URL,
+  type TestContext,
+} from "../../support";
 import { upload } from "../files/fixtures";
 
 const BUILD = { version: "0.1.0", commit: "test" };
@@ -30,7 +40,7 @@ async function membersOf(stream: ReadableStream<Uint8Array>): Promise<Map<string
 }
 
 // Backups are of the embedded database: these tests have one of their own, whatever the run's database.
-describe("backup archives", () => {
+describe.skipIf(Boolean(TEST_DATABASE_URL))("backup archives (embedded database; the PGlite run)", () => {
   let db: Database;
   let ctx: TestContext;
   let uploadDir: string;
