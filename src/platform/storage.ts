@@ -1,4 +1,4 @@
-import { closeSync, fsync, open as openCallback, write } from "node:fs";
+import { closeSync, fdatasync, fsync, open as openCallback, write } from "node:fs";
 import { link, mkdir, readdir, rename, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
@@ -138,6 +138,9 @@ const GATHER = 1024 * 1024;
 // Raw descriptors, not FileHandles: closing is a plain close(2) then, not one more trip to the file pool.
 const openFile = promisify(openCallback) as (path: string, flags: string, mode: number) => Promise<number>;
 const fsyncFile = promisify(fsync);
+const dataSyncFile = promisify(fdatasync);
+/** Bytes written between two background data syncs of a big upload. */
+const SYNC_STEP = 16 * GATHER;
 const writeFile = promisify(write);
 
 /** Writes all of `bytes`; a write that takes only part (a disk filling up) is continued. */
@@ -190,6 +193,10 @@ export function diskStorage(root: string): ObjectStorage {
       let filled = 0;
       let written = 0;
       let writing: Promise<void> = Promise.resolve();
+      // Durable in steps while a big upload arrives, so the last fsync has only the tail left to flush
+      // (one at the end made a 200 MiB upload wait ~0.4 s for the disk after its last byte).
+      let syncing: Promise<void> = Promise.resolve();
+      let syncedUpTo = 0;
       let open = true;
       /** Writes the filled buffer once the write before it is done: one write in flight, two buffers. */
       const flush = async () => {
@@ -201,6 +208,13 @@ export function diskStorage(root: string): ObjectStorage {
         writing = (async () => {
           fd ??= await inFolder(temp, () => openFile(temp, "wx", 0o600));
           if (full) written += await writeAll(fd, full.subarray(0, length));
+          if (written - syncedUpTo >= SYNC_STEP) {
+            syncedUpTo = written;
+            const file = fd;
+            await syncing;
+            syncing = dataSyncFile(file);
+            syncing.catch(() => {});
+          }
         })()
           .catch((error) => {
             throw storageFault(error);
@@ -234,6 +248,7 @@ export function diskStorage(root: string): ObjectStorage {
           try {
             if (filled > 0 || fd === undefined) await flush();
             await writing;
+            await syncing;
             // On disk before the row exists: a crash after the commit must not find a hole where bytes were.
             await fsyncFile(fd as number);
             return written;
@@ -247,6 +262,7 @@ export function diskStorage(root: string): ObjectStorage {
         async discard() {
           open = false;
           await writing.catch(() => {});
+          await syncing.catch(() => {});
           release();
           await rm(temp, { force: true });
         },
