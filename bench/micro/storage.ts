@@ -20,13 +20,14 @@ import {
   rmSync,
   writeSync,
 } from "node:fs";
-import { mkdir, open, rename, rm, writeFile } from "node:fs/promises";
+import { open, rename, rm, writeFile } from "node:fs/promises";
 import { promisify } from "node:util";
+import { inFolder } from "../../src/platform/storage";
 
 const fsyncOnPool = promisify(fsync);
 
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 
 const UPLOADS = 4000;
 const CONCURRENCY = 16;
@@ -35,17 +36,6 @@ const chunk = Buffer.alloc(10 * 1024, "0123456789abcdef\n");
 
 /** One way to store an upload: bytes into `temporary`, then moved to `target`. */
 type Store = (temporary: string, target: string) => Promise<void>;
-
-/** storage.ts's: the work, and once more after making the folder when it was missing. */
-async function inFolder<T>(path: string, work: () => Promise<T>): Promise<T> {
-  try {
-    return await work();
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
-    await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-    return work();
-  }
-}
 
 const GATHER = 1024 * 1024;
 

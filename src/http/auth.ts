@@ -31,6 +31,14 @@ export const requireVerifiedEmail: AuthRequirement = { verifiedEmail: true };
 /** Security requirement for the OpenAPI document: a bearer token, or the docs' OAuth2 password flow. */
 export const BEARER_SECURITY: Record<string, string[]>[] = [{ bearerAuth: [] }, { OAuth2PasswordBearer: [] }];
 
+/** The `detail` of a route that needs a bearer token. */
+export const secured = (operationId: string, summary: string, description?: string) => ({
+  operationId,
+  summary,
+  description,
+  security: BEARER_SECURITY,
+});
+
 /** What a guard needs of whoever the token names; the auth module supplies the rest. */
 export interface Authenticated {
   user: { id: string; role: Role; email_verified?: boolean };

@@ -2,9 +2,8 @@ import { constants } from "node:fs";
 import { type FileHandle, open, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { AwsClient } from "aws4fetch";
-import { S3Client } from "bun";
 import type { S3Setting } from "../config";
-import { s3, s3Paths } from "./s3-storage";
+import { s3, s3Client, s3Paths } from "./s3-storage";
 import {
   diskTemporaryPath,
   inFolder,
@@ -288,13 +287,7 @@ function multipartApi(setting: S3Setting) {
  * before recording it, so unrecorded parts simply get replaced.
  */
 export function s3Resumable(setting: S3Setting): ResumableStorage {
-  const client = new S3Client({
-    bucket: setting.bucket,
-    endpoint: setting.endpoint,
-    region: setting.region,
-    accessKeyId: setting.accessKeyId,
-    secretAccessKey: setting.secretAccessKey,
-  });
+  const client = s3Client(setting);
   const api = multipartApi(setting);
   const { objectOf, markerOf } = s3Paths(setting.prefix);
   const stagedTop = (key: string) => {

@@ -43,6 +43,16 @@ export async function s3<T>(operation: string, call: () => T | Promise<T>, attem
 }
 
 /** Where a key's object and, while it is a temporary, its marker lie in the bucket. */
+/** Bun's client for the configured bucket. */
+export const s3Client = (setting: S3Setting) =>
+  new S3Client({
+    bucket: setting.bucket,
+    endpoint: setting.endpoint,
+    region: setting.region,
+    accessKeyId: setting.accessKeyId,
+    secretAccessKey: setting.secretAccessKey,
+  });
+
 export function s3Paths(prefix: string) {
   const checked = (key: string) => {
     if (!isStorageKey(key)) throw new Error("invalid storage key");
@@ -64,13 +74,7 @@ export function s3Paths(prefix: string) {
  * database row is what makes an object visible, and it is inserted only after the bytes are complete.
  */
 export function s3Storage(setting: S3Setting): ObjectStorage {
-  const client = new S3Client({
-    bucket: setting.bucket,
-    endpoint: setting.endpoint,
-    region: setting.region,
-    accessKeyId: setting.accessKeyId,
-    secretAccessKey: setting.secretAccessKey,
-  });
+  const client = s3Client(setting);
   const { markerTop, objectOf, markerOf } = s3Paths(setting.prefix);
 
   const removeAll = async (paths: string[]) => {

@@ -109,11 +109,6 @@ const KEY = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 export const isStorageKey = (key: string) => KEY.test(key);
 
 /**
- * Files under `root`: `objects/<last 2>/<2 before>/<key>` (two levels of shards, so no folder holds millions of
- * entries) and `tmp/<key>` until committed. A rename inside one file system makes
- * the commit atomic: a reader sees the whole object or none.
- */
-/**
  * Runs `work`, which creates `path`; when its folder is missing (ENOENT), makes the folder and runs it
  * again. Optimistic: a mkdir on every upload was 5-7% of a small upload's CPU, and folders exist but once.
  */
@@ -167,6 +162,11 @@ const buffers = (() => {
 /** Links made at once when pinning many objects. */
 const PIN_BATCH = 64;
 
+/**
+ * Files under `root`: `objects/<last 2>/<2 before>/<key>` (two levels of shards, so no folder holds millions of
+ * entries) and `tmp/<key>` until committed. A rename inside one file system makes
+ * the commit atomic: a reader sees the whole object or none.
+ */
 export function diskStorage(root: string): ObjectStorage {
   const tmpDir = join(root, "tmp");
   const pinnedDir = join(root, "pinned");

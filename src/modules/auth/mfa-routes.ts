@@ -1,18 +1,11 @@
 import { Elysia, t } from "elysia";
-import { type AuthGuard, BEARER_SECURITY, requireAuth, requirePermission } from "../../http/auth";
+import { type AuthGuard, requireAuth, requirePermission, secured } from "../../http/auth";
 import { errorResponses } from "../../http/errors";
 import type { MetaReader } from "../../http/request-meta";
 import { noStore } from "../../http/security-headers";
 import { IdParams } from "../users/model";
 import type { MfaService } from "./mfa";
 import { type Principal, RecoveryCodes, TotpConfirmBody, TotpDisableBody, TotpEnrolBody, TotpEnrolment } from "./model";
-
-const secured = (operationId: string, summary: string, description?: string) => ({
-  operationId,
-  summary,
-  description,
-  security: BEARER_SECURITY,
-});
 
 export function mfaRoutes(deps: { mfa: MfaService; guard: AuthGuard<Principal>; meta: MetaReader }) {
   const { mfa, guard, meta } = deps;

@@ -1,6 +1,6 @@
 import type { AuthenticationResponseJSON, RegistrationResponseJSON } from "@simplewebauthn/server";
 import { Elysia, t } from "elysia";
-import { type AuthGuard, BEARER_SECURITY, requireAuth } from "../../http/auth";
+import { type AuthGuard, requireAuth, secured } from "../../http/auth";
 import { errorResponses } from "../../http/errors";
 import type { RateLimits } from "../../http/rate-limit";
 import { perIp } from "../../http/rate-limit";
@@ -20,13 +20,6 @@ import {
   Tokens,
 } from "./model";
 import { type PasskeyService, RECENT_LOGIN_MINUTES } from "./passkeys";
-
-const secured = (operationId: string, summary: string, description?: string) => ({
-  operationId,
-  summary,
-  description,
-  security: BEARER_SECURITY,
-});
 
 /** The library's types, from bodies the schemas validated (it checks the rest itself). */
 const registration = (body: typeof RegistrationResponse.static) =>

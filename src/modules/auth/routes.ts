@@ -1,5 +1,5 @@
 import { Elysia, t } from "elysia";
-import { type AuthGuard, BEARER_SECURITY, requireAuth } from "../../http/auth";
+import { type AuthGuard, requireAuth, secured } from "../../http/auth";
 import { errorResponses, errors } from "../../http/errors";
 import { type LimitSpec, perIp, perUser, type RateLimits } from "../../http/rate-limit";
 import type { MetaReader } from "../../http/request-meta";
@@ -22,13 +22,6 @@ import {
   VerifyEmailBody,
 } from "./model";
 import { type AuthService, bearerToken } from "./service";
-
-const secured = (operationId: string, summary: string, description?: string) => ({
-  operationId,
-  summary,
-  description,
-  security: BEARER_SECURITY,
-});
 
 export function authRoutes(deps: {
   auth: AuthService;

@@ -1,6 +1,13 @@
 import type { Server } from "bun";
 import { Elysia, t } from "elysia";
-import { type AuthGuard, BEARER_SECURITY, optionalAuth, requireAuth, requireVerifiedEmail } from "../../http/auth";
+import {
+  type AuthGuard,
+  BEARER_SECURITY,
+  optionalAuth,
+  requireAuth,
+  requireVerifiedEmail,
+  secured,
+} from "../../http/auth";
 import { errorResponses, errors } from "../../http/errors";
 import { perUser, type RateLimits } from "../../http/rate-limit";
 import type { MetaReader } from "../../http/request-meta";
@@ -24,12 +31,6 @@ import type { FilesService } from "./service";
 /** What these routes need of the authenticated caller. */
 export type FilesPrincipal = { user: PublicUser };
 
-const secured = (operationId: string, summary: string, description?: string) => ({
-  operationId,
-  summary,
-  description,
-  security: BEARER_SECURITY,
-});
 /** Public files are readable without a token. */
 const OPTIONAL_BEARER = [...BEARER_SECURITY, {}];
 

@@ -1,5 +1,5 @@
 import { Elysia, t } from "elysia";
-import { type AuthGuard, BEARER_SECURITY, requireAuth, requirePermission } from "../../http/auth";
+import { type AuthGuard, requireAuth, requirePermission, secured } from "../../http/auth";
 import { errorResponses } from "../../http/errors";
 import type { MetaReader } from "../../http/request-meta";
 import {
@@ -15,13 +15,6 @@ import {
   UserListQuery,
 } from "./model";
 import type { UsersService } from "./service";
-
-const secured = (operationId: string, summary: string, description?: string) => ({
-  operationId,
-  summary,
-  description,
-  security: BEARER_SECURITY,
-});
 
 /** What these routes need of the authenticated caller. */
 export type UsersPrincipal = { user: PublicUser; claims: { sid: string } };
