@@ -11,7 +11,8 @@
  * What it does not, unlike ours: no JWT verification or user lookup (ours checks the token's signature and
  * that the user and session are still live), no rate limit, no quota, no metrics, no content check
  * (magic bytes, UTF-8), no virus scan, no event to the owner's sockets, no cap on the whole body (only on
- * the file part), no crash recovery of temporaries, and the contract's error body only in spirit.
+ * the file part), no fsync before the rename (ours makes a 201 durable: issue 14), no crash recovery of
+ * temporaries, and the contract's error body only in spirit.
  */
 import { createHash, randomUUID } from "node:crypto";
 import { createWriteStream } from "node:fs";
