@@ -1,6 +1,5 @@
-import { and, asc, count, desc, eq, getTableColumns, gt, ilike, lte, sql, sum } from "drizzle-orm";
+import { and, asc, count, desc, eq, gt, ilike, lte, sql, sum } from "drizzle-orm";
 import type { Executor, Orm } from "../../db/client";
-import { rowsOf } from "../../db/migrate";
 import { type FileRow, fileStats, files, idempotencyKeys } from "../../db/schema";
 import type { FileListParams } from "./model";
 
@@ -10,36 +9,33 @@ const SORT_COLUMNS = { uploaded_at: files.uploadedAt, filename: files.filename, 
 
 const escapeLike = (text: string) => text.replace(/[\\%_]/g, (c) => `\\${c}`);
 
-const FILE_COLUMNS = Object.entries(getTableColumns(files));
-/** A row of `files` as the driver returns it to raw SQL, mapped as Drizzle maps its own queries' rows. */
-const fromDriver = (raw: Record<string, unknown>) =>
-  Object.fromEntries(
-    FILE_COLUMNS.map(([key, column]) => {
-      const value = raw[column.name];
-      return [key, value === null || value === undefined ? value : column.mapFromDriverValue(value)];
-    }),
-  ) as FileRow;
-
 /**
  * The file's row, unless it would take its owner past `quota` bytes. One statement: the owner's
  * `file_stats` row is taken (upserted, which locks it until the transaction ends) and read in a CTE, and
  * the file goes in only if it fits, so two uploads cannot both fit the last bytes. It was a transaction
- * with an advisory lock: six round trips, and pooled connections held while waiting for it.
+ * with an advisory lock: six round trips, and pooled connections held while waiting for it. Prepared on the
+ * pool (as raw SQL it was parsed and planned again for every upload); inside a transaction, run as built.
  */
-async function insertWithinQuota(db: Executor, file: NewFile, quota: number): Promise<FileRow | "over-quota"> {
-  const result = await db.execute(sql`
-    with stats as (
-      insert into ${fileStats} (owner_id) values (${file.ownerId})
-      on conflict (owner_id) do update set owner_id = excluded.owner_id
-      returning bytes
+function insertWithinQuota(db: Executor) {
+  const stats = db.$with("stats").as(
+    db
+      .insert(fileStats)
+      .values({ ownerId: sql.placeholder("ownerId") })
+      .onConflictDoUpdate({ target: fileStats.ownerId, set: { ownerId: sql`excluded.owner_id` } })
+      .returning({ bytes: fileStats.bytes }),
+  );
+  const p = (name: keyof NewFile | "quota") => sql.placeholder(name);
+  // Every column in the table's order, as Drizzle lists them for an INSERT ... SELECT (id and uploaded_at
+  // as their defaults would be).
+  return db
+    .with(stats)
+    .insert(files)
+    .select(
+      sql`select gen_random_uuid(), ${p("ownerId")}, ${p("filename")}, ${p("contentType")}, ${p("fileSize")},
+        ${p("fileHash")}, ${p("storageKey")}, ${p("isPublic")}, now()
+        from ${stats} where ${stats.bytes} + ${p("fileSize")} <= ${p("quota")}`,
     )
-    insert into ${files} (owner_id, filename, content_type, file_size, file_hash, storage_key, is_public)
-    select ${file.ownerId}, ${file.filename}, ${file.contentType}, ${file.fileSize}, ${file.fileHash},
-      ${file.storageKey}, ${file.isPublic ?? false}
-    from stats where stats.bytes + ${file.fileSize} <= ${quota}
-    returning *`);
-  const [raw] = rowsOf<Record<string, unknown>>(result);
-  return raw ? fromDriver(raw) : "over-quota";
+    .returning();
 }
 
 /** Bytes an owner stores (kept by triggers), on the pool or inside a transaction. */
@@ -139,6 +135,9 @@ export function createFilesRepo(orm: Orm) {
     })
     .returning()
     .prepare("files_insert");
+  const insertFileWithinQuota = insertWithinQuota(orm).prepare("files_insert_within_quota");
+  const quotaValues = (file: NewFile, quota: number) => ({ ...file, isPublic: file.isPublic ?? false, quota });
+  const orOverQuota = ([row]: FileRow[]): FileRow | "over-quota" => row ?? "over-quota";
 
   return {
     async findById(id: string): Promise<FileRow | undefined> {
@@ -171,7 +170,8 @@ export function createFilesRepo(orm: Orm) {
         const [row] = await insertFile.execute({ ...file, isPublic: file.isPublic ?? false });
         return row as FileRow;
       }
-      if (claim === undefined) return insertWithinQuota(orm, file, quota as number);
+      if (claim === undefined)
+        return orOverQuota(await insertFileWithinQuota.execute(quotaValues(file, quota as number)));
       try {
         return await orm.transaction(async (tx) => {
           const earlier = await fileOfKey(tx, claim);
@@ -179,7 +179,7 @@ export function createFilesRepo(orm: Orm) {
           const row =
             quota === undefined
               ? ((await tx.insert(files).values(file).returning()) as [FileRow])[0]
-              : await insertWithinQuota(tx, file, quota);
+              : orOverQuota(await insertWithinQuota(tx).execute(quotaValues(file, quota)));
           if (row === "over-quota") return row;
           // A racing upload's uncommitted key makes this wait for its transaction; once it commits, the
           // key is theirs unless expired.
