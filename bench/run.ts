@@ -2,7 +2,7 @@
  * `bun run bench`: builds the binary, measures it against a bare Bun.serve and the Fastify peer
  * (bench/peer) on this machine, prints a table and writes bench/results/latest.json. Exits 0 when
  * targets fail (it is a report) and non-zero only when the bench itself could not run.
- * `bun run bench uploads` runs only the upload rows (a couple of minutes); `bun run bench profile` profiles
+ * `bun run bench uploads` runs only the upload rows (a couple of minutes), `bun run bench audit` the audit log's; `bun run bench profile` profiles
  * our upload path (the server from source under `bun --cpu-prof`) and counts what one upload costs.
  * BENCH_DATABASE and BENCH_REDIS_DB choose the database it recreates and the Redis db it flushes;
  * BENCH_UPLOAD_ROOT where the upload rows' servers store (default: the scratch folder under the temp dir).
@@ -88,14 +88,16 @@ const PROFILED_VARIANTS: Record<string, Record<string, string>> = {
 };
 const VARIANT = MODE === "profile" ? process.argv[3] : undefined;
 if (
-  (MODE !== undefined && MODE !== "uploads" && MODE !== "profile") ||
+  (MODE !== undefined && MODE !== "uploads" && MODE !== "audit" && MODE !== "profile") ||
   (VARIANT !== undefined && !PROFILED_VARIANTS[VARIANT])
 ) {
-  console.error("usage: bun run bench [uploads | profile [quota]]");
+  console.error("usage: bun run bench [uploads | audit | profile [quota]]");
   process.exit(2);
 }
 /** `bun run bench uploads`: the upload rows alone. */
 const ONLY_UPLOADS = MODE === "uploads";
+/** A part of the bench run alone (`uploads`, `audit`), or undefined for all of it. */
+const ONLY = MODE === "uploads" || MODE === "audit" ? MODE : undefined;
 
 const LIVE = "/api/v1/health/live";
 const READY = "/api/v1/health/ready";
@@ -1126,6 +1128,11 @@ async function main(): Promise<void> {
     report(cpuAtStart, uploadRows(uploads, busy, node), { uploads, uploadsBusy: busy }, { "upload servers": log });
     return;
   }
+  if (MODE === "audit") {
+    const audit = await auditStage();
+    report(cpuAtStart, auditRows(audit), { audit }, {});
+    return;
+  }
 
   const bcrypt = await bcryptCeiling();
   progress("baseline: starts, idle RSS");
@@ -1319,20 +1326,7 @@ async function main(): Promise<void> {
         note: `median of ${download.rounds} pairs; s3rver is a single Node process writing files: it bounds this row, not the server`,
       })),
     ),
-    row(
-      "h1",
-      "POST /auth/login, audit log on vs off (bcrypt cost 4)",
-      "req/s",
-      { on: "ratio", op: ">=", limit: 0.95 },
-      ifMeasured(audit, ({ login }) => againstBaseline(login, "baseline: AUDIT_ENABLED=false")),
-    ),
-    row(
-      "h2",
-      "POST /uploads 10 KiB, audit log on vs off",
-      "req/s",
-      { on: "ratio", op: ">=", limit: 0.95 },
-      ifMeasured(audit, ({ upload }) => againstBaseline(upload, "baseline: AUDIT_ENABLED=false")),
-    ),
+    ...auditRows(audit),
     row(
       "t1",
       "20 MiB in 1 MiB tus chunks vs one multipart upload",
@@ -1448,6 +1442,26 @@ async function main(): Promise<void> {
 }
 
 /** Prints the table (and the servers' output tails) and writes bench/results/latest.json. */
+/** The audit log's cost: rows h1 and h2. */
+function auditRows(audit: Awaited<ReturnType<typeof auditStage>>): Row[] {
+  return [
+    row(
+      "h1",
+      "POST /auth/login, audit log on vs off (bcrypt cost 4)",
+      "req/s",
+      { on: "ratio", op: ">=", limit: 0.95 },
+      ifMeasured(audit, ({ login }) => againstBaseline(login, "baseline: AUDIT_ENABLED=false")),
+    ),
+    row(
+      "h2",
+      "POST /uploads 10 KiB, audit log on vs off",
+      "req/s",
+      { on: "ratio", op: ">=", limit: 0.95 },
+      ifMeasured(audit, ({ upload }) => againstBaseline(upload, "baseline: AUDIT_ENABLED=false")),
+    ),
+  ];
+}
+
 function report(
   cpuAtStart: ReturnType<typeof cpuTicks>,
   rows: Row[],
@@ -1463,7 +1477,7 @@ function report(
     postgresRedisCpuShare: storesCpu,
   };
   console.log(
-    `\nReViewPoint bench${ONLY_UPLOADS ? " (upload rows only)" : ""}: ${machine.cores} cores, Bun ${machine.bun}, Postgres, Redis and clamd used ${percent(storesCpu)} of the CPU, other processes ${percent(otherCpu)}, ${durationSeconds.toFixed(0)} s\n`,
+    `\nReViewPoint bench${ONLY ? ` (${ONLY} rows only)` : ""}: ${machine.cores} cores, Bun ${machine.bun}, Postgres, Redis and clamd used ${percent(storesCpu)} of the CPU, other processes ${percent(otherCpu)}, ${durationSeconds.toFixed(0)} s\n`,
   );
   console.log(formatTable(rows));
   if (otherCpu > OTHER_CPU_WARNING) {
@@ -1472,8 +1486,7 @@ function report(
   for (const [name, log] of Object.entries(logs)) if (log) console.log(`\n${name} output (tail):\n${log}`);
 
   mkdirSync(join(import.meta.dir, "results"), { recursive: true });
-  const only = ONLY_UPLOADS ? "uploads" : undefined;
-  const results = { date: new Date().toISOString(), only, machine, durationSeconds, rows, raw };
+  const results = { date: new Date().toISOString(), only: ONLY, machine, durationSeconds, rows, raw };
   writeFileSync(RESULTS, `${JSON.stringify(results, null, 2)}\n`);
   console.log(`\nwritten to ${RESULTS}`);
 }
