@@ -5,7 +5,7 @@ import { authSessions, revokedTokens, type UserRow, usedPasswordResetTokens, use
 export type SessionRow = typeof authSessions.$inferSelect;
 export type NewSession = Pick<
   typeof authSessions.$inferInsert,
-  "userId" | "refreshJti" | "accessJti" | "expiresAt" | "userAgent" | "ip"
+  "id" | "userId" | "refreshJti" | "accessJti" | "expiresAt" | "userAgent" | "ip"
 >;
 /** Runs inside a revoking transaction, with the sessions it revoked: the audit event goes with them. */
 export type RevocationRecorder = (tx: Tx, revoked: string[]) => Promise<void>;
