@@ -261,14 +261,14 @@ async function bcryptCeiling() {
 // ---------------------------------------------------------------- launches
 
 /** The bare Bun.serve; with `file`, it also serves that file at GET /file. */
-const baselineLaunch = (file?: string): Launch => ({
+const baselineLaunch = (file?: string, storeDir?: string): Launch => ({
   name: "baseline",
   cwd: workDir,
   readyPath: READY,
   timeoutMs: 30_000,
   command: (port) => ({
     cmd: [process.execPath, join(import.meta.dir, "baseline.ts"), String(port), ...(file ? [file] : [])],
-    env: { PATH: process.env.PATH, HOME: process.env.HOME },
+    env: { PATH: process.env.PATH, HOME: process.env.HOME, ...(storeDir ? { BASELINE_STORE_DIR: storeDir } : {}) },
   }),
 });
 
@@ -443,8 +443,12 @@ async function uploadsStage(): Promise<{ uploads: UploadResults | Unavailable; b
       ...env,
     });
   const cpuAtStart = cpuTicks();
+  const bareStoreDir = join(uploadRoot, "uploads-bare");
+  mkdirSync(bareStoreDir, { recursive: true });
   // A failed start ends the bench; the exit handler stops whatever is still running.
   const baseline = await startService(baselineLaunch());
+  // A process of its own, so its resident set holds what the durable stores left, as ours does.
+  const bareStore = await startService(baselineLaunch(undefined, bareStoreDir));
   const services: Record<UploadServer, Service> = {
     ours: await startService(ours("uploads")),
     peer: await startService(peerLaunch(join(uploadRoot, "uploads-peer"))),
@@ -465,6 +469,7 @@ async function uploadsStage(): Promise<{ uploads: UploadResults | Unavailable; b
       uploads = await uploadLoads({
         targets,
         baseline,
+        bareStore,
         bigFile,
         scratch,
         uploadDir,
@@ -476,6 +481,7 @@ async function uploadsStage(): Promise<{ uploads: UploadResults | Unavailable; b
   } finally {
     for (const service of Object.values(services)) await stop(service.child);
     await stop(baseline.child);
+    await stop(bareStore.child);
   }
   const logs = await Promise.all(
     Object.entries(services).map(async ([name, service]) => {
@@ -998,9 +1004,9 @@ function uploadRows(results: UploadResults | Unavailable, busy: MachineShare, no
       `${mib} MiB upload: peak RSS growth`,
       "MiB",
       { on: "value", op: "<", limit: 48 },
-      ifMeasured(big, ({ uploads, rssMiB }) => ({
+      ifMeasured(big, ({ uploads, rssMiB, floors }) => ({
         value: Math.max(...uploads.ours.map((upload) => upload.growthMiB)),
-        note: `per upload ${growths(uploads.ours.map((upload) => upload.growthMiB))} MiB over ${rssMiB.ours.before.toFixed(1)} MiB (VmRSS every 20 ms + VmHWM); ${rssMiB.ours.after.toFixed(1)} MiB after; the peer ${growths(uploads.peer.map((upload) => upload.growthMiB))} MiB over ${rssMiB.peer.before.toFixed(1)}`,
+        note: `per upload ${growths(uploads.ours.map((upload) => upload.growthMiB))} MiB over ${rssMiB.ours.before.toFixed(1)} MiB (VmRSS every 20 ms + VmHWM); ${rssMiB.ours.after.toFixed(1)} MiB after; the peer ${growths(uploads.peer.map((upload) => upload.growthMiB))} MiB over ${rssMiB.peer.before.toFixed(1)}; a bare Bun.serve storing it durably ${growths(floors.bareStore.map((store) => store.growthMiB))} MiB`,
       })),
     ),
     row(
@@ -1021,11 +1027,12 @@ function uploadRows(results: UploadResults | Unavailable, busy: MachineShare, no
       `${mib} MiB upload (curl -F) vs the peer`,
       "MiB/s",
       UPLOAD_TARGETS.peerRate,
-      ifMeasured(big, ({ uploads }) => {
+      ifMeasured(big, ({ uploads, floors }) => {
         const pair = medianPair(uploads.ours, uploads.peer, byRate);
+        const bare = medianPair(floors.bareStore, uploads.peer, byRate);
         return transferAgainst(
           pair,
-          `baseline: Fastify + @fastify/multipart on Node ${node}; ${meanwhile}; JavaScript thread ${pair.server.mainThreadCpuMs.toFixed(0)} CPU-ms per file (peer ${pair.baseline.mainThreadCpuMs.toFixed(0)})`,
+          `baseline: Fastify + @fastify/multipart on Node ${node}; ${meanwhile}; JavaScript thread ${pair.server.mainThreadCpuMs.toFixed(0)} CPU-ms per file (peer ${pair.baseline.mainThreadCpuMs.toFixed(0)}); the floor, a bare Bun.serve that only hashes and durably writes the body: ${bare.server.mibPerSec.toFixed(0)} MiB/s, ${bare.ratio.toFixed(2)}x the peer`,
         );
       }),
     ),

@@ -57,11 +57,17 @@ export interface BigUploads {
   uploads: Record<UploadServer, BigUpload[]>;
   /**
    * The floors, round by round: `cp` of the file on the same disk, SHA-256 of the same bytes in one process
-   * (an upload must hash every byte, on one core), a bare Bun.serve reading the same upload (the transport).
+   * (an upload must hash every byte, on one core), a bare Bun.serve reading the same upload (the transport),
+   * and one storing it durably (hash, awaited writes, a data sync: what any upload server must do).
    */
-  floors: Record<"cp" | "sha256" | "bareUpload", Transfer[]>;
+  floors: Record<"cp" | "sha256" | "bareUpload", Transfer[]> & { bareStore: BareStore[] };
   /** RSS before the first upload and after the last, MiB. */
   rssMiB: Record<UploadServer, { before: number; after: number }>;
+}
+
+/** The bare durable store of the big file, and the baseline process's RSS growth over its idle RSS. */
+export interface BareStore extends Transfer {
+  growthMiB: number;
 }
 
 /** Objects stored under `objects/ab/cd/`: how many, in how many folders, the fullest folder; and temporaries. */
@@ -128,6 +134,7 @@ async function cpTransfer(bigFile: string, scratch: string): Promise<Transfer> {
 async function bigUploads(
   targets: Record<UploadServer, UploadTarget>,
   baseline: Service,
+  bareStore: Service,
   bigFile: string,
   scratch: string,
 ): Promise<BigUploads | Unavailable> {
@@ -137,7 +144,8 @@ async function bigUploads(
     UploadServer,
     BigUpload[]
   >;
-  const floors: BigUploads["floors"] = { cp: [], sha256: [], bareUpload: [] };
+  const floors: BigUploads["floors"] = { cp: [], sha256: [], bareUpload: [], bareStore: [] };
+  const bareStoreRssKb = statusKb(bareStore.child.pid, "VmRSS");
   for (let round = 0; round < BIG_ROUNDS; round++) {
     floors.cp.push(await cpTransfer(bigFile, scratch));
     const turn = round % UPLOAD_SERVERS.length;
@@ -163,6 +171,16 @@ async function bigUploads(
     floors.bareUpload.push({
       mibPerSec: mibPerSec(BIG_FILE_BYTES, bare.seconds),
       cpuMs: (processCpuUs(baseline.child.pid) - cpuBefore) / 1000,
+    });
+    const storeCpuBefore = processCpuUs(bareStore.child.pid);
+    const { result: stored, peakKb } = await peakRssDuring(bareStore.child.pid, () =>
+      curlUpload(`${bareStore.url}/store`, bigFile),
+    );
+    if (stored.status !== 201) return failed("bare durable store", stored.status, stored.body);
+    floors.bareStore.push({
+      mibPerSec: mibPerSec(BIG_FILE_BYTES, stored.seconds),
+      cpuMs: (processCpuUs(bareStore.child.pid) - storeCpuBefore) / 1000,
+      growthMiB: (peakKb - bareStoreRssKb) / 1024,
     });
     floors.sha256.push(sha256Transfer(bigFile));
   }
@@ -208,6 +226,8 @@ async function smallUploads(
 export async function uploadLoads(options: {
   targets: Record<UploadServer, UploadTarget>;
   baseline: Service;
+  /** A bare Bun.serve whose /store is the durable-store floor. */
+  bareStore: Service;
   bigFile: string;
   scratch: string;
   /** The folder our servers store into (shared, as instances on one volume). */
@@ -219,7 +239,7 @@ export async function uploadLoads(options: {
 }): Promise<UploadResults> {
   const { targets, baseline, scratch, progress } = options;
   progress(`uploads: ${BIG_ROUNDS} rounds of ${BIG_FILE_BYTES / MiB} MiB to ${UPLOAD_SERVERS.join(", ")}`);
-  const big = await bigUploads(targets, baseline, options.bigFile, scratch);
+  const big = await bigUploads(targets, baseline, options.bareStore, options.bigFile, scratch);
   progress(
     `uploads: ${SMALL_FILE_BYTES / 1024} KiB at ${SMALL_UPLOAD_SHAPE.connections} connections, ${SMALL_WARMUP_SECONDS} s of warm-up each, then ${SMALL_UPLOAD_SHAPE.rounds} rounds`,
   );
