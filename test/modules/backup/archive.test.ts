@@ -19,6 +19,7 @@ import {
   type TestContext,
 } from "../../support";
 import { upload } from "../files/fixtures";
+import { b64, ENDPOINT, tusHeaders } from "../files/tus";
 
 const BUILD = { version: "0.1.0", commit: "test" };
 
@@ -73,6 +74,26 @@ describe.skipIf(Boolean(TEST_DATABASE_URL))("backup archives (embedded database;
     expect(JSON.parse(members.get("manifest.json")?.toString() ?? "{}").tables.files).toBe(1);
     // The pins go with the archive.
     expect(await eventually(() => readdirSync(join(uploadDir, "pinned")).length === 0)).toBe(true);
+  });
+
+  test("an unfinished resumable upload is left out (its bytes are not archived): the table's header, no row", async () => {
+    const user = await signUp(ctx.app);
+    const started = await call(ctx.app, "POST", ENDPOINT, {
+      token: user.access,
+      body: new TextEncoder().encode("the first bytes\n"),
+      headers: tusHeaders(user.access, {
+        "upload-length": "1000",
+        "upload-metadata": `filename ${b64("paper.txt")},filetype ${b64("text/plain")}`,
+        "content-type": "application/offset+octet-stream",
+      }),
+    });
+    expect(started.status).toBe(201);
+    expect(started.headers.get("upload-offset")).toBe("16");
+    const { manifest, stream } = await archive();
+    expect(manifest.tables.resumable_uploads).toBe(0);
+    const csv = (await membersOf(stream)).get("db/resumable_uploads.csv")?.toString() ?? "";
+    expect(csv.trim().split("\n")).toHaveLength(1);
+    expect(csv).toContain("offset");
   });
 
   test("on a schedule, the newest BACKUP_KEEP archives are kept", async () => {
