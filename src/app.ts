@@ -245,7 +245,7 @@ export function createServices(deps: AppDeps) {
     hashRecoveryCode: keyedHash(config.secretKey, "mfa-recovery-code"),
     audit,
     passwordAttempts: limits.attempts("passwordChange"),
-    codeAttempts: limits.attempts("mfa"),
+    codeAttempts: limits.attempts("mfa", "mfaFailures"),
     now: deps.now ?? Date.now,
     mailer,
     logger,

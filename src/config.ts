@@ -14,7 +14,7 @@ export const COMMIT: string = typeof BUILD_COMMIT === "string" ? BUILD_COMMIT : 
 /** Thrown for any bad setting; the CLI prints `message` alone and exits 2. */
 export class ConfigError extends Error {}
 
-const rate = T.String({ pattern: "^[0-9]+/(second|minute|hour)$", description: "N/second|minute|hour" });
+const rate = T.String({ pattern: "^[0-9]+/(second|minute|hour|day)$", description: "N/second|minute|hour|day" });
 
 /** Every setting of the contract, as it arrives in the environment. */
 const EnvSchema = T.Object({
@@ -66,6 +66,7 @@ const EnvSchema = T.Object({
   RATE_LIMIT_PASSWORD_RESET: T.String({ ...rate, default: "3/hour" }),
   RATE_LIMIT_PASSWORD_CHANGE: T.String({ ...rate, default: "5/hour" }),
   RATE_LIMIT_MFA: T.String({ ...rate, default: "5/minute" }),
+  RATE_LIMIT_MFA_FAILURES: T.String({ ...rate, default: "20/day" }),
   RATE_LIMIT_EMAIL_VERIFY: T.String({ ...rate, default: "3/hour" }),
   RATE_LIMIT_UPLOAD: T.String({ ...rate, default: "60/minute" }),
   USER_STORAGE_QUOTA: T.Optional(T.Integer({ minimum: 1 })),
@@ -141,6 +142,7 @@ export interface Config
     passwordReset: RateLimit;
     passwordChange: RateLimit;
     mfa: RateLimit;
+    mfaFailures: RateLimit;
     emailVerification: RateLimit;
     upload: RateLimit;
     default: RateLimit;
@@ -159,7 +161,7 @@ export interface S3Setting {
 
 export type StorageSetting = { kind: "disk"; dir: string } | ({ kind: "s3" } & S3Setting);
 
-const WINDOW_MS = { second: 1000, minute: 60_000, hour: 3_600_000 } as const;
+const WINDOW_MS = { second: 1000, minute: 60_000, hour: 3_600_000, day: 86_400_000 } as const;
 const KNOWN_WEAK_SECRETS = new Set(["secret", "changeme", "change-me", "your-secret-key", "dev", "development"]);
 const MIN_SECRET_LENGTH = 32;
 
@@ -371,6 +373,7 @@ export function loadConfig(raw: Record<string, string | undefined>, options = { 
     RATE_LIMIT_PASSWORD_RESET,
     RATE_LIMIT_PASSWORD_CHANGE,
     RATE_LIMIT_MFA,
+    RATE_LIMIT_MFA_FAILURES,
     RATE_LIMIT_EMAIL_VERIFY,
     RATE_LIMIT_UPLOAD,
     RATE_LIMIT_DEFAULT,
@@ -410,6 +413,7 @@ export function loadConfig(raw: Record<string, string | undefined>, options = { 
       passwordReset: parseRate(RATE_LIMIT_PASSWORD_RESET),
       passwordChange: parseRate(RATE_LIMIT_PASSWORD_CHANGE),
       mfa: parseRate(RATE_LIMIT_MFA),
+      mfaFailures: parseRate(RATE_LIMIT_MFA_FAILURES),
       emailVerification: parseRate(RATE_LIMIT_EMAIL_VERIFY),
       upload: parseRate(RATE_LIMIT_UPLOAD),
       default: parseRate(RATE_LIMIT_DEFAULT),

@@ -57,11 +57,17 @@ export function rateLimits(
   /**
    * A limit a service applies itself (the account a password change is for is known only there):
    * `take` counts one attempt atomically and refuses once over, before any work is done, so a burst of
-   * concurrent attempts cannot slip past a check-then-count.
+   * concurrent attempts cannot slip past a check-then-count. With `untilSuccess`, attempts also count
+   * against that rule until `succeeded` starts it again: a cap on a run of failures, however slow.
    */
-  const attempts = (rule: RuleName) => ({
+  const attempts = (rule: RuleName, untilSuccess?: RuleName) => ({
     async take(key: string): Promise<void> {
-      if (enabled) await enforce({ headers: {} }, rule, key);
+      if (!enabled) return;
+      await enforce({ headers: {} }, rule, key);
+      if (untilSuccess) await enforce({ headers: {} }, untilSuccess, key);
+    },
+    async succeeded(key: string): Promise<void> {
+      if (enabled && untilSuccess) await limiter.reset(untilSuccess, key);
     },
   });
 

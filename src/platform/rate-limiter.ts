@@ -35,6 +35,13 @@ export function createRateLimiter(kv: KeyValueStore, logger: Logger) {
   }
 
   return {
+    /** Forgets a key's count: a right code ends a run of wrong ones. */
+    async reset(bucket: string, key: string): Promise<void> {
+      const name = `rl:${bucket}:${key}`;
+      await kv.del(name).catch(() => {});
+      if (local !== kv) await local.del(name);
+    },
+
     async consume(bucket: string, key: string, rule: RateLimit): Promise<RateDecision> {
       const { count, resetMs } = await hit(`rl:${bucket}:${key}`, rule.windowMs);
       return {

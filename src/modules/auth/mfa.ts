@@ -47,8 +47,8 @@ export function createMfaService(deps: {
   audit: AuditLog;
   /** Counts attempts at the password (per account). */
   passwordAttempts: AttemptLimit;
-  /** Counts guesses at a code (per account). */
-  codeAttempts: AttemptLimit;
+  /** Counts guesses at a code (per account), and the run of them since the last right one. */
+  codeAttempts: AttemptLimit & { succeeded(key: string): Promise<void> };
   /** Milliseconds since the epoch: the time codes are checked against. */
   now: () => number;
   mailer: Mailer;
@@ -140,6 +140,8 @@ export function createMfaService(deps: {
 
     spend,
     failed,
+    /** A right code: the run of wrong ones starts again. */
+    succeeded: (userId: string) => codeAttempts.succeeded(userId),
 
     /** Starts an enrolment: a new secret, shown this once; TOTP is required only after `confirm`. */
     async enrol(user: PublicUser, password: string) {
@@ -185,6 +187,7 @@ export function createMfaService(deps: {
       });
       if (!enabled)
         throw errors.conflict("The enrolment was confirmed or restarted meanwhile; confirm the current one");
+      await codeAttempts.succeeded(user.id);
       return { recovery_codes: codes };
     },
 
@@ -213,6 +216,7 @@ export function createMfaService(deps: {
         await failed(user.id, "disable", meta);
         throw errors.validation([{ field: "code", issue: "The code is wrong, expired or already used" }]);
       }
+      await codeAttempts.succeeded(user.id);
       tellOwnerTotpIsOff(user, "the account itself");
     },
 
@@ -231,7 +235,10 @@ export function createMfaService(deps: {
         });
         return true;
       });
-      if (removed) tellOwnerTotpIsOff(user, "an administrator");
+      if (!removed) return;
+      // A user locked out by a run of wrong codes (maybe not theirs) starts again with the new enrolment.
+      await codeAttempts.succeeded(userId);
+      tellOwnerTotpIsOff(user, "an administrator");
     },
   };
 }

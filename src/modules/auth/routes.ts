@@ -95,7 +95,7 @@ export function authRoutes(deps: {
           operationId: "auth_login_mfa",
           summary: "Finish a login with a TOTP or recovery code",
           description:
-            "`mfa_token` from `POST /auth/login` (5 minutes; spent by the login it completes) and a 6-digit TOTP code or a recovery code. Each code works once; guesses are limited per account (`RATE_LIMIT_MFA`) and audited.",
+            "`mfa_token` from `POST /auth/login` (5 minutes; spent by the login it completes) and a 6-digit TOTP code or a recovery code. Each code works once; guesses are limited per account (`RATE_LIMIT_MFA`, and `RATE_LIMIT_MFA_FAILURES` until a right code) and audited.",
         },
       },
     )

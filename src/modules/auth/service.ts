@@ -129,6 +129,7 @@ export function createAuthService(deps: AuthDeps) {
           if (!proof || !(await mfa.spend(tx, claims.sub, proof))) throw new Refused();
           return sessions.start(tx, subject, proof.kind, meta);
         });
+        await mfa.succeeded(claims.sub);
         return await sessions.pairOf(subject, session);
       } catch (error) {
         if (!(error instanceof Refused)) throw error;

@@ -297,6 +297,28 @@ describe.skipIf(!HAS_OATHTOOL)("TOTP with oathtool as the authenticator", () => 
     expect(limited.headers.get("retry-after")).toBeString();
   });
 
+  test("a run of wrong codes is capped however slow (RATE_LIMIT_MFA_FAILURES); a right code starts it again", async () => {
+    const { ctx, clock, account, secret } = await withTotp({
+      RATE_LIMIT_ENABLED: "true",
+      RATE_LIMIT_MFA: "100/minute",
+      RATE_LIMIT_MFA_FAILURES: "3/day",
+    });
+    const nextCode = async () => {
+      clock.advance(30_000);
+      return oathtool(secret, clock.now());
+    };
+    // The right code at enrolment started the run again: two wrong, then a right one, is a login.
+    let { mfa_token: mfaToken } = await passwordStep(ctx, account);
+    for (let i = 0; i < 2; i++) expectError(await codeStep(ctx, mfaToken, "000000"), 401, "INVALID_CREDENTIALS");
+    expect((await codeStep(ctx, mfaToken, await nextCode())).status).toBe(200);
+    // And it started the run again too: three wrong ones, then even the right code waits for a day.
+    ({ mfa_token: mfaToken } = await passwordStep(ctx, account));
+    for (let i = 0; i < 3; i++) expectError(await codeStep(ctx, mfaToken, "000000"), 401, "INVALID_CREDENTIALS");
+    const capped = await codeStep(ctx, mfaToken, await nextCode());
+    expectError(capped, 429, "RATE_LIMITED");
+    expect(Number(capped.headers.get("retry-after"))).toBeGreaterThan(23 * 3600);
+  });
+
   test("a passkey sign-in satisfies MFA", async () => {
     const { ctx, account } = await withTotp();
     const authenticator = new SoftAuthenticator("http://localhost:5173");
