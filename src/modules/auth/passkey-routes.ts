@@ -87,14 +87,18 @@ export function passkeyRoutes(deps: {
     .delete(
       "/:id",
       async (context) => {
-        await passkeys.remove(context.principal.user, context.params.id, meta(context));
+        await passkeys.remove(context.principal.user, context.principal.claims.sid, context.params.id, meta(context));
         context.set.status = 204;
       },
       {
         auth: requireAuth,
         params: IdParams,
-        response: { 204: t.Void({ description: "Passkey removed" }), ...errorResponses(401, 404, 422) },
-        detail: secured("auth_remove_passkey", "Remove one of my passkeys", "Another user's passkey is a 404."),
+        response: { 204: t.Void({ description: "Passkey removed" }), ...errorResponses(401, 403, 404, 422) },
+        detail: secured(
+          "auth_remove_passkey",
+          "Remove one of my passkeys",
+          `Another user's passkey is a 404. 403 unless this session logged in within the last ${RECENT_LOGIN_MINUTES} minutes.`,
+        ),
       },
     )
     .post("/login/options", () => passkeys.loginOptions(), {

@@ -20,8 +20,9 @@ import type { Sessions } from "./sessions";
 /** How long a challenge waits for its answer. */
 const CHALLENGE_MS = 5 * 60_000;
 /**
- * A passkey is added only from a session that logged in this recently: an access token stolen from an
- * older session cannot plant a credential of its own (which would outlive the token and skip TOTP).
+ * A passkey is added or removed only from a session that logged in this recently: an access token stolen
+ * from an older session cannot plant a credential of its own (which would outlive the token and skip
+ * TOTP), nor take the owner's away.
  */
 export const RECENT_LOGIN_MINUTES = 15;
 const RP_NAME = "ReViewPoint";
@@ -65,11 +66,11 @@ export function createPasskeyService(deps: {
 }) {
   const { repo, users, sessions, audit, sessionStartedAt, mailer, logger } = deps;
 
-  async function requireRecentLogin(sessionId: string) {
+  async function requireRecentLogin(sessionId: string, action: "Adding" | "Removing") {
     const startedAt = await sessionStartedAt(sessionId);
     if (!startedAt || Date.now() - startedAt.getTime() > RECENT_LOGIN_MINUTES * 60_000) {
       throw errors.forbidden(
-        `Adding a passkey needs a recent sign-in: log in again (within ${RECENT_LOGIN_MINUTES} minutes)`,
+        `${action} a passkey needs a recent sign-in: log in again (within ${RECENT_LOGIN_MINUTES} minutes)`,
       );
     }
   }
@@ -105,7 +106,8 @@ export function createPasskeyService(deps: {
       };
     },
 
-    async remove(user: PublicUser, id: string, meta: RequestMeta): Promise<void> {
+    async remove(user: PublicUser, sessionId: string, id: string, meta: RequestMeta): Promise<void> {
+      await requireRecentLogin(sessionId, "Removing");
       const removed = await audit.transaction(async (tx) => {
         const row = await repo.remove(tx, user.id, id);
         if (row) {
@@ -125,7 +127,7 @@ export function createPasskeyService(deps: {
     /** Options for navigator.credentials.create(): a discoverable credential with user verification. */
     async registrationOptions(user: PublicUser, sessionId: string) {
       const { rpId } = configured();
-      await requireRecentLogin(sessionId);
+      await requireRecentLogin(sessionId, "Adding");
       const existing = await repo.listForUser(user.id);
       const options = await generateRegistrationOptions({
         rpName: RP_NAME,
@@ -156,7 +158,7 @@ export function createPasskeyService(deps: {
       meta: RequestMeta,
     ) {
       const { rpId, origins } = configured();
-      await requireRecentLogin(sessionId);
+      await requireRecentLogin(sessionId, "Adding");
       const challenge = challengeOf(response.response.clientDataJSON);
       if (!challenge) throw unreadable();
       if (!(await repo.takeChallenge(challenge, "register", user.id))) {

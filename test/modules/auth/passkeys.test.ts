@@ -105,6 +105,24 @@ describe("passkeys", () => {
     expect(notice?.text).toContain('"Laptop"');
   });
 
+  test("only a recent login removes a passkey: an older session's token gets 403 and the passkey stays", async () => {
+    const ctx = await makeApp();
+    const account = await signUp(ctx.app);
+    const { authenticator, passkey } = await registerPasskey(ctx, account);
+    await ctx.deps.db.orm
+      .update(authSessions)
+      .set({ createdAt: new Date(Date.now() - 20 * 60_000) })
+      .where(eq(authSessions.userId, account.id));
+    const late = await call(ctx.app, "DELETE", `${API}/auth/passkeys/${passkey.id}`, { token: account.access });
+    expectError(late, 403, "PERMISSION_DENIED");
+    expect((await signIn(ctx, authenticator)).status).toBe(200);
+
+    const fresh = await login(ctx.app, account.username);
+    const removed = await call(ctx.app, "DELETE", `${API}/auth/passkeys/${passkey.id}`, { token: fresh.access_token });
+    expect(removed.status).toBe(204);
+    expect(await ctx.deps.db.orm.select().from(passkeys)).toEqual([]);
+  });
+
   test("a challenge works once: a replayed sign-in or registration is refused", async () => {
     const ctx = await makeApp();
     const account = await signUp(ctx.app);
