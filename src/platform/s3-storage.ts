@@ -85,6 +85,15 @@ export function s3Storage(setting: S3Setting): ObjectStorage {
     }
   };
 
+  /**
+   * The bytes first, then their markers: a marker is what lets the sweep find bytes without a row, so it
+   * goes only once they are gone (a failure in between leaves work for the sweep, never an orphan).
+   */
+  const removeObjects = async (keys: string[]) => {
+    await removeAll(keys.map(objectOf));
+    await removeAll(keys.map(markerOf));
+  };
+
   return {
     kind: "s3",
 
@@ -121,7 +130,7 @@ export function s3Storage(setting: S3Setting): ObjectStorage {
             // would stay in the bucket unseen), and the delete below removes it.
             await Promise.resolve(writer.end()).catch(() => {});
           }
-          await removeAll([object, marker]);
+          await removeObjects([key]);
         },
       };
     },
@@ -169,8 +178,7 @@ export function s3Storage(setting: S3Setting): ObjectStorage {
     },
 
     async delete(...keys) {
-      const ours = keys.filter(isStorageKey);
-      await removeAll(ours.flatMap((key) => [objectOf(key), markerOf(key)]));
+      await removeObjects(keys.filter(isStorageKey));
     },
 
     async temporaries() {
