@@ -405,7 +405,9 @@ export function s3Resumable(setting: S3Setting): ResumableStorage {
         close: () => s3("stat", async () => (await client.stat(object)).size),
         read: () => client.file(object).stream(),
         async discard() {
-          await Promise.all([s3("delete", () => client.delete(object)), s3("delete", () => client.delete(marker))]);
+          // The bytes, then their marker: the marker is what lets the sweep find bytes without a row.
+          await s3("delete", () => client.delete(object));
+          await s3("delete", () => client.delete(marker));
         },
       });
     },

@@ -114,11 +114,22 @@ export function createIngest(deps: IngestDeps) {
     throw errors.malware(verdict.signature);
   }
 
-  /** Removes what an upload left: its row (if any), its bytes and its temporary. */
+  /**
+   * Removes what an upload left: its row (if any), its bytes and its temporary, in that order (a marker or
+   * temporary going before its bytes could leave bytes the sweep never finds); each step is tried even if
+   * one before it failed.
+   */
   async function discard(key: string, pending: PendingObject, rowId?: string): Promise<void> {
-    await Promise.all([rowId ? repo.delete(rowId) : undefined, pending.discard(), storage.delete(key)]).catch(
-      (cleanup: Error) => logger.error("upload cleanup failed", { storage_key: key, error: loggableError(cleanup) }),
-    );
+    const steps: (() => Promise<unknown>)[] = [
+      async () => rowId && (await repo.delete(rowId)),
+      () => pending.discard(),
+      () => storage.delete(key),
+    ];
+    for (const step of steps) {
+      await step().catch((cleanup: Error) =>
+        logger.error("upload cleanup failed", { storage_key: key, error: loggableError(cleanup) }),
+      );
+    }
   }
 
   /**

@@ -7,9 +7,10 @@
  * stays flat, and a bucket failing mid-transfer is found before the status line goes out.
  */
 
-import { type FileHandle, mkdir, open, readdir, rm, stat } from "node:fs/promises";
+import { type FileHandle, open, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { BunFile } from "bun";
+import { inFolder } from "../../platform/storage";
 
 /** The storage delivered fewer (or more) bytes than the object has, or failed while delivering them. */
 export class SpoolReadError extends Error {
@@ -38,14 +39,14 @@ export interface Spool {
 export function createSpool(dir: string): Spool {
   return {
     async fill(body, size, signal) {
-      await mkdir(dir, { recursive: true, mode: 0o700 });
       const path = join(dir, Bun.randomUUIDv7());
       const release = () => rm(path, { force: true });
       let handle: FileHandle | undefined;
       let received = 0;
       const reader = body.getReader();
       try {
-        handle = await open(path, "wx", 0o600);
+        // The folder is made only when missing (a mkdir on every download costs as it did on every upload).
+        handle = await inFolder(path, () => open(path, "wx", 0o600));
         for (;;) {
           signal?.throwIfAborted();
           let chunk: Awaited<ReturnType<typeof reader.read>>;
