@@ -71,7 +71,7 @@ function completeObject(parts: Omit<PendingObject, "write">): PendingObject {
 }
 
 /** On disk: `resumable/<key>` under the upload folder, appended to; renamed to `tmp/<key>` when complete. */
-export function diskResumable(root: string): ResumableStorage {
+function diskResumable(root: string): ResumableStorage {
   const pathOf = (key: string) => {
     if (!isStorageKey(key)) throw new Error("invalid storage key");
     return join(root, "resumable", key);
@@ -286,7 +286,7 @@ function multipartApi(setting: S3Setting) {
  * starts. One part buffer per request in flight. A part number is written again if a request failed
  * before recording it, so unrecorded parts simply get replaced.
  */
-export function s3Resumable(setting: S3Setting): ResumableStorage {
+function s3Resumable(setting: S3Setting): ResumableStorage {
   const client = s3Client(setting);
   const api = multipartApi(setting);
   const { objectOf, markerOf } = s3Paths(setting.prefix);

@@ -42,7 +42,6 @@ export async function s3<T>(operation: string, call: () => T | Promise<T>, attem
   }
 }
 
-/** Where a key's object and, while it is a temporary, its marker lie in the bucket. */
 /** Bun's client for the configured bucket. */
 export const s3Client = (setting: S3Setting) =>
   new S3Client({
@@ -53,6 +52,7 @@ export const s3Client = (setting: S3Setting) =>
     secretAccessKey: setting.secretAccessKey,
   });
 
+/** Where a key's object and, while it is a temporary, its marker lie in the bucket. */
 export function s3Paths(prefix: string) {
   const checked = (key: string) => {
     if (!isStorageKey(key)) throw new Error("invalid storage key");

@@ -1,5 +1,5 @@
 import { Elysia, t } from "elysia";
-import { type Authenticated, type AuthGuard, BEARER_SECURITY, requirePermission } from "../../http/auth";
+import { type Authenticated, type AuthGuard, requirePermission, secured } from "../../http/auth";
 import { errorResponses } from "../../http/errors";
 import { AuditExportQuery, AuditList, AuditListQuery } from "./model";
 import type { AuditLog } from "./service";
@@ -13,11 +13,11 @@ export function auditRoutes<P extends Authenticated>(deps: { audit: AuditLog; gu
       query: AuditListQuery,
       response: { 200: AuditList, ...errorResponses(401, 403, 422) },
       detail: {
-        operationId: "audit_list",
-        summary: "List security events (admin)",
-        description:
+        ...secured(
+          "audit_list",
+          "List security events (admin)",
           "Newest first. Filters: `actor_id`, `target_id`, `action`, `since`, `until` (inclusive). Kept `AUDIT_RETENTION_DAYS` days.",
-        security: BEARER_SECURITY,
+        ),
       },
     })
     .get(
@@ -32,10 +32,11 @@ export function auditRoutes<P extends Authenticated>(deps: { audit: AuditLog; gu
           ...errorResponses(401, 403, 422),
         },
         detail: {
-          operationId: "audit_export",
-          summary: "Export security events (admin)",
-          description: "Every event matching the filters, as JSON lines, with no row cap.",
-          security: BEARER_SECURITY,
+          ...secured(
+            "audit_export",
+            "Export security events (admin)",
+            "Every event matching the filters, as JSON lines, with no row cap.",
+          ),
           "x-response-media-types": { 200: ["application/x-ndjson"] },
         },
       },

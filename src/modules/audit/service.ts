@@ -52,7 +52,6 @@ export function createAuditLog(deps: {
   }
 
   return {
-    enabled,
     record,
     recordAlone: (entry: AuditEntry) => record(orm, entry),
     /** One transaction for a change and its event (services hold no SQL, but they do decide what commits together). */

@@ -2,7 +2,7 @@ import type { Config } from "../../config";
 import { errors } from "../../http/errors";
 import type { RequestMeta } from "../../http/request-meta";
 import type { Logger } from "../../platform/logger";
-import { linkWithToken, type Mailer } from "../../platform/mail";
+import { linkWithToken, type Mailer, sendInBackground } from "../../platform/mail";
 import type { PasswordHasher } from "../../platform/passwords";
 import type { AuditLog } from "../audit/service";
 import { toPublicUser } from "../users/model";
@@ -254,13 +254,16 @@ export function createAuthService(deps: AuthDeps) {
       const link = linkWithToken(deps.config.PASSWORD_RESET_URL, token);
       const minutes = tokens.lifetimes.reset / 60;
       // Not awaited: the response must not reveal, by its timing, that a mail was sent.
-      mailer
-        .send({
+      sendInBackground(
+        mailer,
+        logger,
+        {
           to: row.email,
           subject: "Reset your ReViewPoint password",
           text: `Someone asked to reset the password of ${row.username}.\n\nTo choose a new one, open:\n${link}\n\nThe link works once and expires in ${minutes} minutes. If it was not you, ignore this mail.`,
-        })
-        .catch((error: Error) => logger.error("password reset mail failed", { user_id: row.id, error: error.message }));
+        },
+        row.id,
+      );
     },
 
     /** Works once, and only while the password is the one the link was issued against. */

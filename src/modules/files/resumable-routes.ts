@@ -1,7 +1,7 @@
 import type { Server } from "bun";
 import { Elysia, t } from "elysia";
 import type { ResumableRow } from "../../db/schema";
-import { type AuthGuard, BEARER_SECURITY, requireAuth, requireVerifiedEmail } from "../../http/auth";
+import { type AuthGuard, requireAuth, requireVerifiedEmail, secured } from "../../http/auth";
 import { errorResponses, errors } from "../../http/errors";
 import { perUser, type RateLimits } from "../../http/rate-limit";
 import type { MetaReader } from "../../http/request-meta";
@@ -146,11 +146,11 @@ export function resumableRoutes<P extends FilesPrincipal>(deps: {
           ...errorResponses(400, 401, 403, 408, 412, 413, 415, 422, 507),
         },
         detail: {
-          operationId: "files_resumable_create",
-          summary: "Start a resumable (tus) upload",
-          description:
+          ...secured(
+            "files_resumable_create",
+            "Start a resumable (tus) upload",
             "tus 1.0.0 creation: `Upload-Length` (required; over MAX_UPLOAD_SIZE → 413), `Upload-Metadata` with base64 `filename`, `filetype` (one of ALLOWED_FILE_TYPES, else 415) and `is_public`. Past the quota (stored bytes plus unfinished uploads' lengths) → 413. The body may carry the first bytes as application/offset+octet-stream (creation-with-upload); the content checks run on them as on a PATCH.",
-          security: BEARER_SECURITY,
+          ),
           "x-header-parameters": [
             TUS_RESUMABLE_PARAMETER,
             header("Upload-Length", "The whole file's bytes"),
@@ -180,10 +180,11 @@ export function resumableRoutes<P extends FilesPrincipal>(deps: {
           422: t.Void({ description: "The id is not a UUID" }),
         },
         detail: {
-          operationId: "files_resumable_head",
-          summary: "Where a resumable upload stands (tus)",
-          description: "Its creator only: anyone else gets 404, as does an upload expired or terminated.",
-          security: BEARER_SECURITY,
+          ...secured(
+            "files_resumable_head",
+            "Where a resumable upload stands (tus)",
+            "Its creator only: anyone else gets 404, as does an upload expired or terminated.",
+          ),
           "x-header-parameters": [TUS_RESUMABLE_PARAMETER],
         },
       },
@@ -206,10 +207,11 @@ export function resumableRoutes<P extends FilesPrincipal>(deps: {
         params: IdParams,
         response: { 200: ResumableUpload, ...errorResponses(401, 404, 422) },
         detail: {
-          operationId: "files_resumable_get",
-          summary: "A resumable upload as JSON",
-          description: "Its state, offset and length, and the file's id once complete. Its creator only (others 404).",
-          security: BEARER_SECURITY,
+          ...secured(
+            "files_resumable_get",
+            "A resumable upload as JSON",
+            "Its state, offset and length, and the file's id once complete. Its creator only (others 404).",
+          ),
         },
       },
     )
@@ -231,11 +233,11 @@ export function resumableRoutes<P extends FilesPrincipal>(deps: {
           ...errorResponses(400, 401, 403, 404, 408, 409, 412, 413, 415, 422, 423, 507),
         },
         detail: {
-          operationId: "files_resumable_patch",
-          summary: "Send bytes of a resumable upload (tus)",
-          description:
+          ...secured(
+            "files_resumable_patch",
+            "Send bytes of a resumable upload (tus)",
             "`Upload-Offset` must be the upload's offset (else 409, nothing changed). Content checks run as bytes arrive (the type on the first bytes: 415 ends the upload); bytes past Upload-Length → 413. A request cut short keeps what arrived (HEAD tells the offset). Another request writing to the upload → 423. The last byte makes the file, with POST /uploads' quota, scan and event (413, 422 MALWARE_DETECTED, 503 end the upload).",
-          security: BEARER_SECURITY,
+          ),
           "x-header-parameters": [
             TUS_RESUMABLE_PARAMETER,
             header("Upload-Offset", "Where these bytes go: the upload's offset"),
@@ -267,11 +269,11 @@ export function resumableRoutes<P extends FilesPrincipal>(deps: {
           ...errorResponses(400, 401, 403, 404, 408, 409, 412, 413, 415, 422, 423, 507),
         },
         detail: {
-          operationId: "files_resumable_override",
-          summary: "PATCH or DELETE a resumable upload through POST (tus X-HTTP-Method-Override)",
-          description:
+          ...secured(
+            "files_resumable_override",
+            "PATCH or DELETE a resumable upload through POST (tus X-HTTP-Method-Override)",
             "For clients whose environment cannot send PATCH or DELETE (tus-js-client's `overridePatchMethod`): `X-HTTP-Method-Override: PATCH` or `DELETE` makes this request that one, with its headers, body and answers; anything else → 400.",
-          security: BEARER_SECURITY,
+          ),
           "x-header-parameters": [
             TUS_RESUMABLE_PARAMETER,
             {
@@ -300,9 +302,7 @@ export function resumableRoutes<P extends FilesPrincipal>(deps: {
           ...errorResponses(401, 404, 412, 422, 423),
         },
         detail: {
-          operationId: "files_resumable_delete",
-          summary: "Terminate a resumable upload (tus)",
-          security: BEARER_SECURITY,
+          ...secured("files_resumable_delete", "Terminate a resumable upload (tus)"),
           "x-header-parameters": [TUS_RESUMABLE_PARAMETER],
         },
       },

@@ -2,7 +2,12 @@ import type { ResumableInspection, ResumableRow } from "../../db/schema";
 import { AppError, errors, loggableError } from "../../http/errors";
 import type { RequestMeta } from "../../http/request-meta";
 import type { Logger } from "../../platform/logger";
-import { ResumableBytesLostError, type ResumableState, type ResumableStorage } from "../../platform/resumable-storage";
+import {
+  type Appender,
+  ResumableBytesLostError,
+  type ResumableState,
+  type ResumableStorage,
+} from "../../platform/resumable-storage";
 import type { ObjectStorage, PendingObject } from "../../platform/storage";
 import type { Ingest } from "./ingest";
 import { parsePublicFlag } from "./ingest";
@@ -246,7 +251,7 @@ export function createResumable(deps: ResumableDeps) {
       const inspector = resumableInspector(row, takeHasher(row));
       // What the storage has recorded so far (a multipart upload this request started): removal needs it.
       let recorded = row.storageState;
-      let appender: Awaited<ReturnType<ResumableStorage["append"]>>;
+      let appender: Appender;
       try {
         appender = await bytes.append(
           { key: row.storageKey, offset: row.offset, length: row.length, state: row.storageState },
@@ -417,7 +422,7 @@ export function createResumable(deps: ResumableDeps) {
         return await receive(owner.id, row, token, carriesBytes ? request : { ...request, body: null });
       } catch (error) {
         // The client has no Location yet: nothing of this upload may stay.
-        if (error instanceof AppError && error.status === 415) throw error;
+        if (isRefusal(error)) throw error;
         const current = await repo.find(row.id);
         if (current && current.state !== "complete") await removeQuietly(current);
         throw error;

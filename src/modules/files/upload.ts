@@ -67,9 +67,9 @@ export async function magicMatches(head: Uint8Array, declared: string): Promise<
 }
 
 /**
- * What every upload's bytes go through on their way to storage, whatever carries them (a multipart part,
- * a resumable upload's PATCHes): the size limit, the SHA-256, the first bytes for the type check, and
- * UTF-8 validation for text.
+ * What a multipart upload's bytes go through on their way to storage: the size limit, the SHA-256, the
+ * first bytes for the type check, and UTF-8 validation for text. (A resumable upload's PATCHes use
+ * `resumableInspector`, whose state outlives one request.)
  */
 export function contentInspector(declared: string, maxBytes: number) {
   const hash = new Bun.CryptoHasher("sha256");
