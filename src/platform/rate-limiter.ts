@@ -19,9 +19,15 @@ export interface RateDecision {
 export function createRateLimiter(kv: KeyValueStore, logger: Logger) {
   const local = kv instanceof MemoryStore ? kv : new MemoryStore();
   let lastWarning = 0;
+  /** Resets the shared store missed (it was away): made there before the key is counted there again. */
+  const missedResets = new Set<string>();
 
   async function hit(key: string, windowMs: number) {
     try {
+      if (missedResets.has(key)) {
+        await kv.del(key);
+        missedResets.delete(key);
+      }
       return await kv.hit(key, windowMs);
     } catch (error) {
       if (Date.now() - lastWarning > 60_000) {
@@ -38,8 +44,14 @@ export function createRateLimiter(kv: KeyValueStore, logger: Logger) {
     /** Forgets a key's count: a right code ends a run of wrong ones. */
     async reset(bucket: string, key: string): Promise<void> {
       const name = `rl:${bucket}:${key}`;
-      await kv.del(name).catch(() => {});
       if (local !== kv) await local.del(name);
+      try {
+        await kv.del(name);
+        missedResets.delete(name);
+      } catch {
+        // Else the count from before the outage would come back with the store and end a run too soon.
+        missedResets.add(name);
+      }
     },
 
     async consume(bucket: string, key: string, rule: RateLimit): Promise<RateDecision> {

@@ -2,6 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { eq } from "drizzle-orm";
 import { SignJWT } from "jose";
 import { auditEvents, mfaRecoveryCodes, userMfa } from "../../../src/db/schema";
+import { RedisStore } from "../../../src/platform/kv";
 import type { Mailer, MailMessage } from "../../../src/platform/mail";
 import {
   type Account,
@@ -9,12 +10,15 @@ import {
   call,
   expectError,
   expectUnauthorized,
+  HAS_REDIS_SERVER,
   makeApp,
+  memoryLogger,
   PASSWORD,
   promote,
   signUp,
   TEST_DATABASE_URL,
   type TestContext,
+  throwawayRedis,
 } from "../../support";
 import { HAS_OATHTOOL, oathtool, testClock } from "../../totp";
 import { SoftAuthenticator } from "../../webauthn";
@@ -337,6 +341,39 @@ describe.skipIf(!HAS_OATHTOOL)("TOTP with oathtool as the authenticator", () => 
     });
     expect(signedIn.status).toBe(200);
     expect(signedIn.json.access_token).toBeString();
+  });
+});
+
+describe.skipIf(!HAS_OATHTOOL || !HAS_REDIS_SERVER)("TOTP with a Redis of its own", () => {
+  test("a right code while Redis is away still starts the run of wrong ones again once it is back", async () => {
+    const redis = await throwawayRedis();
+    const kv = new RedisStore(redis.url, memoryLogger());
+    await kv.connect();
+    const clock = testClock();
+    const ctx = await makeApp(
+      { RATE_LIMIT_ENABLED: "true", RATE_LIMIT_MFA: "1000/minute", RATE_LIMIT_MFA_FAILURES: "3/day" },
+      { now: clock.now, kv },
+    );
+    try {
+      const account = await signUp(ctx.app);
+      const { secret } = await enableTotp(ctx, clock, account);
+      let { mfa_token: mfaToken } = await passwordStep(ctx, account);
+      for (let i = 0; i < 2; i++) expectError(await codeStep(ctx, mfaToken, "000000"), 401, "INVALID_CREDENTIALS");
+      redis.signal("SIGSTOP");
+      clock.advance(STEP);
+      expect((await codeStep(ctx, mfaToken, await oathtool(secret, clock.now()))).status).toBe(200);
+      redis.signal("SIGCONT");
+      expect(await kv.ping()).toBe(true);
+      // Three wrong codes are what the cap allows after a right one, then the right code waits.
+      ({ mfa_token: mfaToken } = await passwordStep(ctx, account));
+      for (let i = 0; i < 3; i++) expectError(await codeStep(ctx, mfaToken, "000000"), 401, "INVALID_CREDENTIALS");
+      clock.advance(STEP);
+      expectError(await codeStep(ctx, mfaToken, await oathtool(secret, clock.now())), 429, "RATE_LIMITED");
+    } finally {
+      redis.signal("SIGCONT");
+      await kv.close();
+      await redis.stop();
+    }
   });
 });
 
