@@ -30,12 +30,12 @@ const quoted = (name: string) => {
 type Queryable = Pick<Transaction, "query">;
 
 /**
- * Tables archived without their rows. Unfinished resumable uploads: their bytes wait outside the stored
- * files (`resumable/`, or a bucket's multipart upload) and are not archived, so a restored row would
+ * Rows a table is archived with, where not all. Resumable uploads only once complete (their file is in the
+ * archive): an unfinished one's bytes wait outside the stored files and are not archived, so its row would
  * promise an offset it cannot continue from. Without it the client's HEAD gets a 404 and it starts again
- * (tus clients do that by themselves).
+ * (tus clients do that by themselves); a complete one still answers a client whose last reply was lost.
  */
-const ROWS_LEFT_OUT = new Set(["resumable_uploads"]);
+const ARCHIVED_ROWS: Record<string, string> = { resumable_uploads: "state = 'complete'" };
 
 async function tableNames(db: Queryable): Promise<string[]> {
   const { rows } = await db.query<{ name: string }>(
@@ -59,7 +59,8 @@ export function createBackupRepo(pglite: PGlite) {
       return pglite.transaction(async (tx) => {
         const tables: TableDump[] = [];
         for (const name of await tableNames(tx)) {
-          const rows = ROWS_LEFT_OUT.has(name) ? `(select * from ${quoted(name)} where false)` : quoted(name);
+          const only = ARCHIVED_ROWS[name];
+          const rows = only ? `(select * from ${quoted(name)} where ${only})` : quoted(name);
           const count = await tx.query<{ n: number }>(`select count(*)::int as n from ${rows} as t`);
           const copy = await tx.query(`copy ${rows} to '/dev/blob' with (format csv, header true)`);
           tables.push({ name, rows: count.rows[0]?.n ?? 0, csv: copy.blob ?? new Blob([]) });

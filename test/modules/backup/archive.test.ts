@@ -76,24 +76,32 @@ describe.skipIf(Boolean(TEST_DATABASE_URL))("backup archives (embedded database;
     expect(await eventually(() => readdirSync(join(uploadDir, "pinned")).length === 0)).toBe(true);
   });
 
-  test("an unfinished resumable upload is left out (its bytes are not archived): the table's header, no row", async () => {
+  test("resumable uploads: a complete one is archived, an unfinished one left out (its bytes are not)", async () => {
     const user = await signUp(ctx.app);
-    const started = await call(ctx.app, "POST", ENDPOINT, {
-      token: user.access,
-      body: new TextEncoder().encode("the first bytes\n"),
-      headers: tusHeaders(user.access, {
-        "upload-length": "1000",
-        "upload-metadata": `filename ${b64("paper.txt")},filetype ${b64("text/plain")}`,
-        "content-type": "application/offset+octet-stream",
-      }),
-    });
-    expect(started.status).toBe(201);
-    expect(started.headers.get("upload-offset")).toBe("16");
+    const create = (length: number, first: string) =>
+      call(ctx.app, "POST", ENDPOINT, {
+        token: user.access,
+        body: new TextEncoder().encode(first),
+        headers: tusHeaders(user.access, {
+          "upload-length": String(length),
+          "upload-metadata": `filename ${b64("paper.txt")},filetype ${b64("text/plain")}`,
+          "content-type": "application/offset+octet-stream",
+        }),
+      });
+    const unfinished = await create(1000, "the first bytes\n");
+    expect(unfinished.status).toBe(201);
+    expect(unfinished.headers.get("upload-offset")).toBe("16");
+    const complete = await create(16, "the whole file\n\n");
+    expect(complete.status).toBe(201);
+    const fileId = complete.headers.get("upload-file-id");
+    expect(fileId).toBeString();
     const { manifest, stream } = await archive();
-    expect(manifest.tables.resumable_uploads).toBe(0);
+    expect(manifest.tables.resumable_uploads).toBe(1);
     const csv = (await membersOf(stream)).get("db/resumable_uploads.csv")?.toString() ?? "";
-    expect(csv.trim().split("\n")).toHaveLength(1);
-    expect(csv).toContain("offset");
+    const lines = csv.trim().split("\n");
+    expect(lines).toHaveLength(2);
+    expect(lines[1]).toContain(fileId as string);
+    expect(lines[1]).toContain("complete");
   });
 
   test("on a schedule, the newest BACKUP_KEEP archives are kept", async () => {
